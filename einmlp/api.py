@@ -1,0 +1,286 @@
+"""The façade: `Program` and `Derivation`, each stage computed lazily and cached."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from . import shapes as shape_stage
+from .codegen import as_array, check_functions, compile_plan, python_source
+from .deltas import IndexForm, contract_all
+from .errors import EinmlpError, UnknownNameError
+from .grad import Names, RawDerivative, Step, differentiate
+from .lower import EinsumPlan, Lowerer
+from .parse import parse_syntax
+from .render import index_str
+from .summation import check_program
+from .symbolic import Model, build_model
+
+
+class Compiled:
+    """A compiled function: `fn(**arrays)`; checks shapes once per shape signature."""
+
+    def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None):
+        self.model, self.plan, self.name = model, plan, name
+        self._functions = check_functions(plan, functions)
+        self._fn = compile_plan(plan, name)
+        self._needed = tuple(plan.variables)
+        self._checked: set[tuple] = set()
+
+    @property
+    def source(self) -> str:
+        """Standalone Python source of the same computation."""
+        return python_source(self.plan, self.name)
+
+    def __call__(self, **arrays):
+        missing = [n for n in self.plan.inputs if n not in arrays]
+        if missing:
+            raise EinmlpError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        args = [as_array(n, arrays[n]) for n in self.plan.inputs]
+        key = tuple(a.shape for a in args)
+        if key not in self._checked:
+            shape_stage.bind_needed(self.model, dict(zip(self.plan.inputs, key)), self._needed)
+            self._checked.add(key)
+        if self.plan.abstract:
+            args.append(self._functions)
+        return self._fn(*args)
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"
+
+
+class Program:
+    """A parsed and checked program: `einmlp.parse(text)`.
+
+    Examples:
+        >>> prog = einmlp.parse("A[i,k] = X[i,j] W[j,k]\\nL = A[i,k]^2")
+        >>> prog.inputs, prog.targets
+        (['X', 'W'], ['A', 'L'])
+    """
+
+    def __init__(self, text: str, name: str = "<string>"):
+        self.text, self.name = text, name
+        self.syntax = parse_syntax(text)
+        self.checked = check_program(self.syntax)
+        self.model = build_model(self.checked)
+
+    @property
+    def inputs(self) -> list[str]:
+        """Names used but never assigned, in order of first use."""
+        return list(self.model.inputs)
+
+    @property
+    def targets(self) -> list[str]:
+        """Names assigned by the program, in order."""
+        return list(self.model.targets)
+
+    @property
+    def intermediates(self) -> list[str]:
+        """Every assigned tensor, including the contractions einmlp named (as the article names B, C)."""
+        return list(self.model.definitions)
+
+    def _of(self, of: str | None) -> str:
+        if of is None:
+            return self.model.targets[-1]
+        if of not in self.model.definitions:
+            raise UnknownNameError(f"{of} is not a target of the program (targets: {', '.join(self.targets)})")
+        return of
+
+    def grad(self, wrt, of: str | None = None):
+        """d of / d wrt, shaped `of.shape + wrt.shape`; a list of names derives them together."""
+        of = self._of(of)
+        if isinstance(wrt, (list, tuple)):
+            return Gradients(self, of, tuple(wrt))
+        return Derivation(self, of, wrt)
+
+    def hessian(self, wrt: str, of: str | None = None) -> "Derivation":
+        """d^2 of / d wrt^2, shaped `wrt.shape + wrt.shape` for a scalar `of`."""
+        return Derivation(self, self._of(of), wrt, base=self.grad(wrt, of))
+
+    def compile(self, of: str | None = None, functions: dict | None = None) -> Compiled:
+        """The forward value of `of` (default: the last statement) as `fn(**arrays)`."""
+        of = self._of(of)
+        lowerer = Lowerer(self.model)
+        lowerer.need(of)
+        plan = lowerer.plan({"": lowerer.var_of(of)})
+        return Compiled(self.model, plan, f"forward_{of}", functions)
+
+    def shapes(self, **input_shapes) -> str:
+        """The dimension algebra of each statement for the given input shapes."""
+        shapes = shape_stage.bind(self.model, {k: tuple(v) for k, v in input_shapes.items()})
+        lines = []
+        for checked in self.checked.statements:
+            st = checked.statement
+            lines.append(f"{st.source}\n    {shape_stage.algebra(st.expr, shapes)} = {shape_stage._dims(shapes[st.name])}")
+        return "\n".join(lines)
+
+    def _repr_latex_(self) -> str:
+        from .latex import program_latex
+        return "$$" + program_latex(self) + "$$"
+
+    def __repr__(self) -> str:
+        return f"<einmlp.Program {self.name}: inputs {self.inputs}, targets {self.targets}>"
+
+
+class Derivation:
+    """d of / d wrt, derived symbolically; prints as its index form."""
+
+    def __init__(self, program: Program, of: str, wrt: str, base: "Derivation | None" = None):
+        self.program, self.of, self.wrt, self.base = program, of, wrt, base
+        if wrt not in program.model.inputs:
+            raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input of the "
+                                   f"program (inputs: {', '.join(program.inputs)})")
+        self.order = 1 if base is None else base.order + 1
+        _ = self.form  # derive now, so errors surface at grad() time
+
+    @cached_property
+    def raw(self) -> RawDerivative:
+        if self.base is None:
+            return differentiate(self.program.model, self.of, self.wrt)
+        form = self.base.form
+        return differentiate(self.program.model, self.base.label, self.wrt, of_expr=form.expr(), of_free=form.free)
+
+    @property
+    def label(self) -> str:
+        return f"d{self.of}/d{self.wrt}" if self.base is None else f"d{self.base.label}/d{self.wrt}"
+
+    @cached_property
+    def _contracted(self) -> tuple[IndexForm, list[Step], sp.Expr]:
+        return contract_all(self.raw.expr, self.raw.free, self.raw.names)
+
+    @property
+    def form(self) -> IndexForm:
+        """The contracted index form: terms over the free indices."""
+        return self._contracted[0]
+
+    @property
+    def free(self) -> tuple:
+        return self.form.free
+
+    @property
+    def index_form(self) -> str:
+        """The derivative in index notation, e.g. -2*Ytilde[i,0]*f2'(C[i,0])*W2[n,0]*f1'(A[i,n])*X[i,m]."""
+        return index_str(self.form.expr()) if self.form.terms else "0"
+
+    @cached_property
+    def matrix(self):
+        from .matrix import matrix_form
+        return matrix_form(self)
+
+    @property
+    def matrix_form(self) -> str:
+        """The derivative with @, .T and *, or einsum notation where no matrix form exists."""
+        return self.matrix.text
+
+    @cached_property
+    def steps(self) -> list[Step]:
+        """The article's steps: chain rule, each link, the product of deltas, the contraction, matrix form."""
+        raw, (form, contraction, product) = self.raw, self._contracted
+        steps = list(raw.steps)
+        lhs = raw.steps[0].lhs
+        steps.append(Step("Product of all deltas", lhs, product))
+        steps.extend(Step(s.title, lhs, s.expr, s.renames) for s in contraction)
+        steps.extend(self.matrix.steps(lhs))
+        return steps
+
+    def latex(self, document: bool = False) -> str:
+        """The steps as an align* body, or a whole LaTeX document."""
+        from .latex import derivation_latex
+        return derivation_latex(self, whole=document)
+
+    def _repr_latex_(self) -> str:
+        return r"\begin{align*}" + self.latex() + r"\end{align*}"
+
+    def lower(self, lowerer: Lowerer, name: str) -> str:
+        """Emit this derivative into a shared plan; returns the variable that holds it."""
+        model = self.program.model
+        of_pattern = self.base.free if self.base is not None else model.definitions[self.of].indices
+        wrt_axes = self.free[len(self.free) - model.inputs[self.wrt]:]
+        bindings = {i: (self.of if self.base is None else self.wrt, a) for a, i in enumerate(of_pattern) if i.is_Symbol}
+        bindings.update({i: (self.wrt, a) for a, i in enumerate(wrt_axes)})
+        return lowerer.lower(self.form, name, bindings, comment=f"{self.label} = {self.index_form}")
+
+    @cached_property
+    def plan(self) -> EinsumPlan:
+        lowerer = Lowerer(self.program.model)
+        return lowerer.plan({"": self.lower(lowerer, "grad_" + self.wrt)})
+
+    def compile(self, functions: dict | None = None) -> Compiled:
+        """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape`."""
+        return self._compiled(functions)
+
+    def _compiled(self, functions):
+        key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
+        cache = self.__dict__.setdefault("_compile_cache", {})
+        if key not in cache:
+            cache[key] = Compiled(self.program.model, self.plan, "d" + self.of + "_d" + self.wrt, functions)
+        return cache[key]
+
+    def differentiated(self, functions: dict | None = None):
+        """The compiled function this derivation differentiates (for checks)."""
+        if self.base is None:
+            return self.program.compile(self.of, functions)
+        return self.base.compile(functions)
+
+    def __str__(self) -> str:
+        return self.index_form
+
+    def __repr__(self) -> str:
+        return f"<Derivation {self.label}[{','.join(map(str, self.free))}] = {self.index_form}>"
+
+
+class Gradients:
+    """Several derivatives of one output, compiled into one function that shares the work."""
+
+    def __init__(self, program: Program, of: str, wrt: tuple[str, ...]):
+        if not wrt:
+            raise EinmlpError("grad needs at least one name to differentiate with respect to")
+        self.program, self.of, self.wrt = program, of, wrt
+        self.derivations = {w: Derivation(program, of, w) for w in wrt}
+
+    def __getitem__(self, name: str) -> Derivation:
+        return self.derivations[name]
+
+    def __iter__(self):
+        return iter(self.derivations.values())
+
+    @cached_property
+    def plan(self) -> EinsumPlan:
+        lowerer = Lowerer(self.program.model)
+        outputs = {w: d.lower(lowerer, "grad_" + w) for w, d in self.derivations.items()}
+        return lowerer.plan(outputs)
+
+    def compile(self, functions: dict | None = None) -> Compiled:
+        """One function returning {name: gradient}, computing shared work once."""
+        return Compiled(self.program.model, self.plan, "grads_" + self.of, functions)
+
+    def differentiated(self, functions: dict | None = None):
+        return self.program.compile(self.of, functions)
+
+    @property
+    def index_form(self) -> dict[str, str]:
+        return {w: d.index_form for w, d in self.derivations.items()}
+
+    @property
+    def matrix_form(self) -> dict[str, str]:
+        return {w: d.matrix_form for w, d in self.derivations.items()}
+
+
+def parse(text: str) -> Program:
+    """Parse and check a program in einmlp's index notation."""
+    return Program(text)
+
+
+def load(path) -> Program:
+    """Parse and check a `.ein` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EinmlpError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise EinmlpError(f"{path} is not UTF-8 text") from None
+    return Program(text, str(path))

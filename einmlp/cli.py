@@ -1,0 +1,161 @@
+"""The command line: `einmlp derive | check | shapes`. Bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .api import load
+from .codegen import python_source
+from .errors import EinmlpError
+
+FORMATS = ("text", "latex", "matrix", "einsum", "python", "pdf")
+
+
+class UsageError(EinmlpError):
+    """A command-line argument that is not well formed."""
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    if not sep or not name.strip():
+        raise UsageError(f"--shape expects NAME=D1,D2,..., got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.split(",") if d.strip()) if dims.strip() else ()
+    except ValueError:
+        raise UsageError(f"--shape {text!r}: the lengths must be whole numbers") from None
+    if any(d < 1 for d in shape):
+        raise UsageError(f"--shape {text!r}: lengths must be positive")
+    return name.strip(), shape
+
+
+def _shapes(items) -> dict[str, tuple[int, ...]]:
+    return dict(_shape(t) for t in items or [])
+
+
+def _derivation(args):
+    prog = load(args.file)
+    if args.hessian:
+        return prog.hessian(args.wrt, of=args.of)
+    return prog.grad(args.wrt, of=args.of)
+
+
+def text_report(d) -> str:
+    """Steps, index form, matrix form and einsum plan: what `derive --format text` prints."""
+    lines = [f"# {d.label} for {d.program.name}", ""]
+    for step in d.steps:
+        lines += [step.text, ""]
+    lines += [f"index form:  {d.label}[{','.join(map(str, d.free))}] = {d.index_form}",
+              f"matrix form: {d.matrix_form}", "", "einsum plan:", str(d.plan), ""]
+    return "\n".join(lines)
+
+
+def _pdf(d, output: str | None) -> bytes:
+    if not output:
+        raise UsageError("--format pdf needs -o FILE")
+    if shutil.which("pdflatex") is None:
+        raise UsageError("--format pdf needs pdflatex on the PATH (Debian: texlive-latex-base)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tex = Path(tmp) / "derivation.tex"
+        tex.write_text(d.latex(document=True), encoding="utf-8")
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name],
+                             cwd=tmp, capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            error = next((l for l in run.stdout.splitlines() if l.startswith("!")), "unknown error")
+            raise EinmlpError(f"pdflatex failed: {error}")
+        return (Path(tmp) / "derivation.pdf").read_bytes()
+
+
+def derive(args) -> int:
+    d = _derivation(args)
+    if args.format == "pdf":
+        Path(args.output).write_bytes(_pdf(d, args.output) if args.output else _pdf(d, None))
+        return 0
+    out = {"text": lambda: text_report(d), "latex": lambda: d.latex(document=True),
+           "matrix": lambda: d.matrix_form + "\n", "einsum": lambda: str(d.plan) + "\n",
+           "python": lambda: python_source(d.plan, "d" + d.of + "_d" + d.wrt)}[args.format]()
+    _write(out, args.output)
+    return 0
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+
+
+def _random_arrays(prog, shapes: dict, seed: int) -> dict:
+    unknown = [n for n in shapes if n not in prog.inputs]
+    if unknown:
+        raise UsageError(f"--shape names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
+                         f"not an input (inputs: {', '.join(prog.inputs)})")
+    missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
+    if missing:
+        raise UsageError(f"give a --shape for {', '.join(missing)}")
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(shapes.get(n, ())) for n in prog.inputs}
+
+
+def check(args) -> int:
+    from .check import check as run_check
+    d = _derivation(args)
+    arrays = _random_arrays(d.program, _shapes(args.shape), args.seed)
+    result = run_check(d, arrays, tolerance=args.tolerance)
+    print(f"{d.label}: {result}")
+    return 0 if result.ok else 1
+
+
+def shapes(args) -> int:
+    prog = load(args.file)
+    shapes = _shapes(args.shape)
+    missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
+    if missing:
+        raise UsageError(f"give a --shape for {', '.join(missing)}")
+    print(prog.shapes(**shapes))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="einmlp", description="Derive gradients in Einstein index notation.")
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, helptext in [("derive", "derive and show a gradient"),
+                           ("check", "check a gradient against finite differences"),
+                           ("shapes", "show the dimension algebra of each statement")]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("file", help="a .ein program")
+        if name != "shapes":
+            p.add_argument("--wrt", required=True, help="the input to differentiate with respect to")
+            p.add_argument("--of", help="the output to differentiate (default: the last statement)")
+            p.add_argument("--hessian", action="store_true", help="the second derivative instead")
+        if name == "derive":
+            p.add_argument("--format", choices=FORMATS, default="text")
+            p.add_argument("-o", "--output", help="write to FILE instead of standard output")
+        else:
+            p.add_argument("--shape", action="append", metavar="NAME=D1,D2", help="an input's shape (repeat)")
+        if name == "check":
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--tolerance", type=float, default=1e-6)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"derive": derive, "check": check, "shapes": shapes}[args.command](args)
+    except EinmlpError as exc:
+        print(f"einmlp: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

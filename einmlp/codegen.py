@@ -1,0 +1,132 @@
+"""Compile an `EinsumPlan` into a Python function, and print it as standalone source.
+
+Everything that depends only on the program is done once (the source, its compilation);
+everything that depends on shapes is done once per shape signature (the shape check, the
+opt_einsum contraction paths). The returned callable only does arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import opt_einsum as oe
+
+from .errors import EinmlpError, ShapeError
+from .lower import EinsumPlan
+
+
+class Contraction:
+    """One einsum, planned with opt_einsum once per shape signature, then called directly."""
+
+    def __init__(self, subscripts: str):
+        self.subscripts = subscripts
+        self.plans: dict[tuple, Callable] = {}
+
+    def __call__(self, *arrays):
+        key = tuple(a.shape for a in arrays)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = oe.contract_expression(self.subscripts, *key)
+        return plan(*arrays)
+
+    def __repr__(self) -> str:
+        return f"Contraction({self.subscripts!r})"
+
+
+def _full(shape, value):
+    return np.broadcast_to(value, shape).copy() if np.ndim(value) else np.full(shape, float(value))
+
+
+def _arange(size, axis, ndim):
+    return np.arange(size).reshape([size if k == axis else 1 for k in range(ndim)])
+
+
+def _equal(a, b):
+    return np.equal(a, b).astype(float)
+
+
+def _ipow(x, n):
+    result = x
+    for _ in range(n - 1):
+        result = result * x
+    return result
+
+
+RUNTIME = {"np": np, "_full": _full, "_arange": _arange, "_equal": _equal, "_ipow": _ipow}
+
+_HELPERS = '''
+def _full(shape, value):
+    return np.broadcast_to(value, shape).copy() if np.ndim(value) else np.full(shape, float(value))
+
+
+def _arange(size, axis, ndim):
+    return np.arange(size).reshape([size if k == axis else 1 for k in range(ndim)])
+
+
+def _equal(a, b):
+    return np.equal(a, b).astype(float)
+
+
+def _ipow(x, n):
+    result = x
+    for _ in range(n - 1):
+        result = result * x
+    return result
+'''
+
+
+def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool = True) -> str:
+    """The plan as a Python function; standalone source imports numpy and opt_einsum itself."""
+    args = ", ".join(plan.variables[n] for n in plan.inputs)
+    lines = [f"def {name}({args}{', _functions' if plan.abstract else ''}):"]
+    for k, eq in enumerate(plan.equations):
+        if eq.comment:
+            lines.append(f"    # {eq.comment}")
+        if eq.op == "einsum":
+            call = f"oe.contract('{eq.text}', " if standalone else f"_c{k}("
+            lines.append(f"    {eq.out} = {call}{', '.join(eq.args)})")
+        else:
+            lines.append(f"    {eq.out} = {eq.text}")
+    outputs = list(plan.outputs.values())
+    lines.append("    return " + (outputs[0] if len(outputs) == 1 and "" in plan.outputs
+                                   else "{" + ", ".join(f"{k!r}: {v}" for k, v in plan.outputs.items()) + "}"))
+    body = "\n".join(lines) + "\n"
+    if standalone:
+        return "import numpy as np\nimport opt_einsum as oe\n" + _HELPERS + "\n\n" + body
+    return body
+
+
+def compile_plan(plan: EinsumPlan, name: str = "compute"):
+    """The plan as a Python function taking the input arrays positionally."""
+    source = python_source(plan, name, standalone=False)
+    namespace = dict(RUNTIME)
+    namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations) if eq.op == "einsum"})
+    # safe: the source is generated from the checked plan; every name in it is an identifier
+    # that the parser accepted (or one of ours), every number is printed from a sympy number.
+    exec(compile(source, f"<einmlp {name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def as_array(name: str, value) -> np.ndarray:
+    """numpy view of an input, as float64 unless it is already floating point."""
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # an object numpy cannot take
+        raise ShapeError(f"input {name} is not an array: {exc}") from None
+    if array.dtype.kind not in "fc":
+        if array.dtype.kind not in "biu":
+            raise ShapeError(f"input {name} has dtype {array.dtype}, expected numbers")
+        array = array.astype(float)
+    return array
+
+
+def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:
+    """The callables for the plan's abstract functions; a clear error names any missing."""
+    functions = dict(functions or {})
+    missing = [f for f in plan.abstract if f not in functions]
+    if missing:
+        raise EinmlpError(f"function{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                          "are abstract: define them in the program, e.g. f(x) = x^2, or pass "
+                          "compile(functions={name: callable}) for each of them and their derivatives")
+    return functions

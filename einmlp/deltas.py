@@ -1,0 +1,228 @@
+"""Contract Kronecker deltas against summed indices, then tidy the terms.
+
+A raw derivative is a sum of products with nested sums and deltas. `normalize` flattens
+it into terms `coeff * sum[summed](factor * factor * ...)`; `contract` applies the one
+rule of the article, `sum[j] delta(j,m) F(j) = F(m)`, renaming the younger index; `tidy`
+collects equal terms and simplifies each elementwise factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import sympy as sp
+
+from .grad import Names, Step
+from .symbolic import ESum, Extent, extents_for, free_indices
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """coeff * sum over `summed` of the product of `factors` (each elementwise)."""
+
+    coeff: sp.Expr
+    summed: tuple[sp.Symbol, ...]
+    factors: tuple[sp.Expr, ...]
+    extents: tuple[Extent, ...] = ()  # where each summed index gets its length
+
+    def expr(self) -> sp.Expr:
+        return self.coeff * ESum(sp.Mul(*self.factors), self.summed, self.extents)
+
+    def indices(self) -> set[sp.Symbol]:
+        return set(free_indices(sp.Mul(*self.factors, evaluate=False))) | set(self.summed)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexForm:
+    """A derivative after contraction: a sum of terms over the free pattern `free`."""
+
+    terms: tuple[Term, ...]
+    free: tuple[sp.Expr, ...]  # index symbols and Integer(0), the output's axes
+
+    def expr(self) -> sp.Expr:
+        return sp.Add(*[t.expr() for t in self.terms])
+
+
+def _structural(e: sp.Expr) -> bool:
+    return e.has(ESum, sp.KroneckerDelta)
+
+
+def _rename(term: Term, mapping: dict) -> Term:
+    return Term(term.coeff, tuple(mapping.get(s, s) for s in term.summed),
+                tuple(f.xreplace(mapping) for f in term.factors), term.extents)
+
+
+class _Normalizer:
+    def __init__(self, names: Names):
+        self.names = names
+
+    def merge(self, a: Term, b: Term) -> Term:
+        """The product of two terms, renaming summed indices that would capture each other."""
+        clash_b = set(b.summed) & a.indices()
+        b = _rename(b, {s: self.names.fresh(s.name) for s in clash_b})
+        clash_a = set(a.summed) & b.indices()
+        a = _rename(a, {s: self.names.fresh(s.name) for s in clash_a})
+        return Term(a.coeff * b.coeff, a.summed + b.summed, a.factors + b.factors, a.extents + b.extents)
+
+    def terms(self, e: sp.Expr) -> list[Term]:
+        if e.is_Number:
+            return [Term(e, (), ())] if e != 0 else []
+        if isinstance(e, sp.Add) and _structural(e):
+            return [t for a in e.args for t in self.terms(a)]
+        if isinstance(e, sp.Mul):
+            result = [Term(sp.S.One, (), ())]
+            for arg in e.args:
+                result = [self.merge(r, t) for r in result for t in self.terms(arg)]
+            return result
+        if isinstance(e, ESum):
+            return [self.sum_over(t, e) for t in self.terms(e.body)]
+        if isinstance(e, sp.Pow) and _structural(e.base) and e.exp.is_Integer and e.exp > 0:
+            return self.terms(sp.Mul(*[e.base] * int(e.exp), evaluate=False))
+        return [Term(sp.S.One, (), (e,))]
+
+    def sum_over(self, term: Term, e: ESum) -> Term:
+        """Sum a term over e's indices; an index the term no longer uses counts its extent."""
+        used = term.indices()
+        summed, factors, extents = list(term.summed), list(term.factors), list(term.extents)
+        for i, extent in zip(e.indices, e.extents):
+            if i in used:
+                summed.append(i)
+                extents.append(extent)
+            else:
+                factors.append(extent)
+        return Term(term.coeff, tuple(summed), tuple(factors), tuple(extents))
+
+
+def normalize(expr: sp.Expr, names: Names) -> list[Term]:
+    """Flatten nested sums and products into terms; elementwise sums stay single factors."""
+    terms = _Normalizer(names).terms(expr)
+    out = []
+    for t in terms:
+        coeff, factors = t.coeff, []
+        for f in t.factors:
+            c, rest = f.as_coeff_Mul() if isinstance(f, sp.Mul) else (sp.S.One, f)
+            coeff *= c
+            factors.extend(sp.Mul.make_args(rest) if rest != 1 else ())
+        out.append(Term(coeff, t.summed, tuple(factors), t.extents))
+    return out
+
+
+def contract(term: Term, names: Names) -> tuple[Term, list[str]]:
+    """Contract every delta that touches a summed index; returns the renames made."""
+    renames = []
+    while True:
+        for delta in (f for f in term.factors if isinstance(f, sp.KroneckerDelta)):
+            a, b = delta.args
+            summed = set(term.summed)
+            if a in summed and (b not in summed or names.age(a) >= names.age(b)):
+                old, new = a, b
+            elif b in summed:
+                old, new = b, a
+            else:
+                continue
+            factors = list(term.factors)
+            factors.remove(delta)
+            kept = [k for k, s in enumerate(term.summed) if s != old]
+            term = Term(term.coeff, tuple(term.summed[k] for k in kept),
+                        tuple(f.xreplace({old: new}) for f in factors), tuple(term.extents[k] for k in kept))
+            renames.append((old.name, str(new)))
+            break
+        else:
+            break
+    if any(f == 0 for f in term.factors):
+        return Term(sp.S.Zero, (), ()), renames
+    return replace(term, factors=tuple(f for f in term.factors if f != 1)), renames
+
+
+def _groups(term: Term) -> dict[frozenset, sp.Expr]:
+    """The term's factors multiplied together per set of indices they use."""
+    groups: dict[frozenset, sp.Expr] = {}
+    for f in term.factors:
+        key = frozenset(free_indices(f))
+        groups[key] = groups.get(key, sp.S.One) * f
+    return groups
+
+
+def _canonical(term: Term, skip: frozenset | None = None) -> tuple:
+    """A key equal for terms that differ only in the names of their summed indices.
+
+    With `skip`, the factors over exactly that index set are left out of the key.
+    """
+    groups = _groups(term)
+    factors = [g for k, g in groups.items() if k != skip]
+    dummy = sp.Symbol("_", integer=True)
+    ordered = sorted(factors, key=lambda f: sp.srepr(f.xreplace({s: dummy for s in term.summed})))
+    order = {}
+    for f in ordered:
+        for s in sorted(free_indices(f), key=lambda s: s.name):
+            if s in term.summed and s not in order:
+                order[s] = sp.Symbol(f"_s{len(order)}", integer=True)
+    skipped = None if skip is None else frozenset(order.get(s, s) for s in skip)
+    return tuple(sorted(sp.srepr(f.xreplace(order)) for f in factors)), len(term.summed), skipped, order
+
+
+def _simplest(f: sp.Expr) -> sp.Expr:
+    if not isinstance(f, sp.Add):
+        return f
+    return min([f, sp.expand(f), sp.factor_terms(f)], key=sp.count_ops)
+
+
+def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:
+    c, rest = product.as_coeff_Mul()
+    factors = []
+    for f in sp.Mul.make_args(rest):
+        f = _simplest(f)
+        fc, frest = f.as_coeff_Mul()
+        c *= fc
+        factors.extend(sp.Mul.make_args(frest) if frest != 1 else ())
+    return replace(term, coeff=coeff * c, factors=tuple(factors))
+
+
+def _combine(a: Term, b: Term) -> Term | None:
+    """a + b as one term when they differ only in the factors over one index set."""
+    for skip in set(_groups(a)) | {frozenset()}:
+        ka = _canonical(a, skip)
+        for skip_b in set(_groups(b)) | {frozenset()}:
+            kb = _canonical(b, skip_b)
+            if ka[:3] != kb[:3]:
+                continue
+            rename = {v: k for k, v in ka[3].items()}
+            to_a = {s: rename[v] for s, v in kb[3].items()}
+            ga, gb = _groups(a).get(skip, sp.S.One), _groups(b).get(skip_b, sp.S.One).xreplace(to_a)
+            mixed = _simplest(sp.expand(a.coeff * ga + b.coeff * gb))
+            rest = sp.Mul(*[g for k, g in _groups(a).items() if k != skip])
+            return _split(a, sp.S.One, mixed * rest)
+    return None
+
+
+def tidy(terms: list[Term]) -> list[Term]:
+    """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
+    out: list[Term] = []
+    for t in terms:
+        t = _split(t, t.coeff, sp.Mul(*t.factors))
+        for k, old in enumerate(out):
+            merged = _combine(old, t)
+            if merged is not None:
+                out[k] = merged
+                break
+        else:
+            out.append(t)
+    return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
+
+
+def contract_all(expr: sp.Expr, free: tuple, names: Names) -> tuple[IndexForm, list[Step], sp.Expr]:
+    """Normalize, contract and tidy; returns the index form and the steps taken."""
+    raw = normalize(expr, names)
+    product = sp.Add(*[t.expr() for t in raw])
+    contracted, renames = [], []
+    for t in raw:
+        t, r = contract(t, names)
+        renames.extend(r)
+        if t.coeff != 0:
+            contracted.append(t)
+    form = IndexForm(tuple(tidy(contracted)), tuple(free))
+    steps = [Step("Contract the deltas", sp.Symbol("_"), form.expr(), tuple(dict.fromkeys(renames)))]
+    return form, steps, product
+
+
+__all__ = ["Term", "IndexForm", "contract_all", "Extent"]

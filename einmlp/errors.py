@@ -1,0 +1,41 @@
+"""One error family for everything einmlp refuses, each message naming the user's symbol."""
+
+from __future__ import annotations
+
+
+class EinmlpError(Exception):
+    """Base class of every error einmlp raises on bad input."""
+
+
+class ParseError(EinmlpError):
+    """Text that is not in the language; carries line, column and a caret rendering."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0, source_line: str = ""):
+        self.message, self.line, self.column, self.source_line = message, line, column, source_line
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        if not self.line:
+            return self.message
+        where = f"line {self.line}, column {self.column}: {self.message}"
+        if not self.source_line:
+            return where
+        return f"{where}\n    {self.source_line}\n    {' ' * (self.column - 1)}^"
+
+
+class IndexNotationError(EinmlpError):
+    """Bad or ambiguous Einstein summation, found before any array is seen."""
+
+
+class UnknownNameError(EinmlpError):
+    """A tensor, target or function name that the program does not define."""
+
+
+class ShapeError(EinmlpError):
+    """Arrays whose shapes disagree with the index notation."""
+
+
+def located(error: EinmlpError, line: int, source_line: str) -> EinmlpError:
+    """Return `error` with the statement's line number and text prefixed, same class."""
+    message = f"line {line}: {error}\n    {source_line.strip()}" if line else str(error)
+    return type(error)(message) if not isinstance(error, ParseError) else error

@@ -1,0 +1,138 @@
+"""The elementwise functions: one table row each, with sympy form, numpy form and derivative.
+
+A reviewer checks calculus here, not control flow: `tests/test_functions.py` confirms
+each row's derivative against sympy's own differentiation and finite differences.
+`relu'(0)` is taken as 0 (the subgradient most frameworks use); `abs'(0)` is `sign(0) = 0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import sympy as sp
+
+from .errors import EinmlpError
+
+_x = sp.Symbol("x", real=True)
+
+
+class sigmoid(sp.Function):
+    """The logistic function 1 / (1 + exp(-x))."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+
+class step(sp.Function):
+    """Heaviside step with step(0) = 0: the derivative of relu."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
+class relu(sp.Function):
+    """max(x, 0)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return step(self.args[0])
+
+
+class softplus(sp.Function):
+    """log(1 + exp(x)), computed stably."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    name: str                          # the name in the language
+    sympy: Callable[[sp.Expr], sp.Expr]  # builds the sympy form
+    numpy: str                         # numpy source, {x} is the argument
+    derivative: Callable[[sp.Expr], sp.Expr]  # d/dx, as the derivation shows it
+
+
+BUILTINS: dict[str, Builtin] = {b.name: b for b in [
+    Builtin("exp", sp.exp, "np.exp({x})", sp.exp),
+    Builtin("log", sp.log, "np.log({x})", lambda x: 1 / x),
+    Builtin("tanh", sp.tanh, "np.tanh({x})", lambda x: 1 - sp.tanh(x) ** 2),
+    Builtin("sigmoid", sigmoid, "(0.5 + 0.5 * np.tanh(0.5 * {x}))", lambda x: sigmoid(x) * (1 - sigmoid(x))),
+    Builtin("relu", relu, "np.maximum({x}, 0.0)", step),
+    Builtin("softplus", softplus, "np.logaddexp(0.0, {x})", sigmoid),
+    Builtin("sqrt", sp.sqrt, "np.sqrt({x})", lambda x: 1 / (2 * sp.sqrt(x))),
+    Builtin("abs", sp.Abs, "np.abs({x})", sp.sign),
+    Builtin("sin", sp.sin, "np.sin({x})", sp.cos),
+    Builtin("cos", sp.cos, "np.cos({x})", lambda x: -sp.sin(x)),
+]}
+
+# Functions that only derivatives produce: sympy name -> numpy source.
+DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})"}
+
+
+class UserFunction(sp.Function):
+    """A function of the program: defined by `f(x) = ...` or abstract; shown as f, f', f''."""
+
+    nargs = 1
+    root: str = ""
+    order: int = 0
+    definition: sp.Expr | None = None  # the body in `_x`, differentiated `order` times
+    _prime: type | None = None
+
+    def fdiff(self, argindex=1):
+        return type(self).prime()(self.args[0])
+
+    @classmethod
+    def prime(cls) -> type:
+        """The class of this function's derivative, made once."""
+        if cls._prime is None:
+            body = None if cls.definition is None else sp.diff(cls.definition, _x)
+            cls._prime = make_user_function(cls.root, body, cls.order + 1)
+        return cls._prime
+
+
+def make_user_function(root: str, definition: sp.Expr | None, order: int = 0) -> type:
+    name = root + "'" * order
+    return type(name, (UserFunction,), {"root": root, "order": order, "definition": definition, "_prime": None})
+
+
+@dataclass(slots=True)
+class FunctionTable:
+    """Name -> sympy function class for one program: built-ins plus its own definitions."""
+
+    user: dict[str, type] = field(default_factory=dict)
+
+    def define(self, name: str, body: sp.Expr | None) -> type:
+        self.user[name] = make_user_function(name, body)
+        return self.user[name]
+
+    def apply(self, name: str, arg: sp.Expr) -> sp.Expr:
+        if name in BUILTINS:
+            return BUILTINS[name].sympy(arg)
+        if name not in self.user:
+            self.define(name, None)
+        return self.user[name](arg)
+
+    def is_abstract(self, name: str) -> bool:
+        return name in self.user and self.user[name].definition is None
+
+
+def numpy_source(func: sp.Expr, arg_source: str) -> str:
+    """numpy source for one applied elementwise function; user functions are inlined elsewhere."""
+    name = type(func).__name__
+    table = {b.sympy(_x).func.__name__: b.numpy for b in BUILTINS.values() if b.name != "sqrt"}
+    table.update(DERIVED_NUMPY)
+    if name in table:
+        return table[name].format(x=arg_source)
+    raise EinmlpError(f"no numpy form for function {name!r}")
+
+
+PARAM = _x

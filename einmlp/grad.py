@@ -1,0 +1,162 @@
+"""The chain rule in index notation, through named intermediates, one fresh index per link.
+
+    d of / d W[m,n] = (direct part) + sum over each intermediate T used in `of`:
+        sum[mu,nu]( d of / d T[mu,nu] ) ( d T[mu,nu] / d W[m,n] )
+
+Local derivatives come from sympy (`d X[i,j] / d X[m,n] = delta(i,m) delta(j,n)`); a link
+`d T[mu,nu] / d W[m,n]` is T's definition with its left-hand side renamed to mu,nu (a
+fixed axis `T[i,0]` contributes `delta(nu,0)`) and its summed indices made fresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import count
+
+import sympy as sp
+
+from .errors import UnknownNameError
+from .symbolic import ESum, Extent, Model, Partial, extents_for, index, index_names, tensor_names
+
+LINK_NAMES = ("mu", "nu", "l", "s", "r", "e", "alpha", "beta", "gamma", "kappa", "rho", "sigma", "tau",
+              "phi", "chi", "psi", "omega", "eta", "zeta", "xi")
+WRT_NAMES = ("m", "n", "p", "q", "u", "v", "w", "o")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of the derivation: a title, and `lhs = expr` in sympy (or matrix text)."""
+
+    title: str
+    lhs: sp.Expr
+    expr: sp.Expr | str
+    renames: tuple[tuple[str, str], ...] = ()  # index renames made by contracting deltas
+    latex_expr: str | None = None              # LaTeX of a matrix-form `expr`
+
+    @property
+    def text(self) -> str:
+        from .render import index_str
+        rhs = self.expr if isinstance(self.expr, str) else index_str(self.expr)
+        lhs = self.lhs if isinstance(self.lhs, str) else index_str(self.lhs)
+        title = self.title + (" (" + ", ".join(f"{a}->{b}" for a, b in self.renames) + ")" if self.renames else "")
+        return f"{title}:\n    {lhs} = {rhs}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Names:
+    """Hands out index names not used yet; remembers the order, so younger names go first."""
+
+    def __init__(self, taken: set[str]):
+        self.taken, self.order = set(taken), {}
+        self._counter = count(1)
+
+    def fresh(self, wanted: str) -> sp.Symbol:
+        name, k = wanted, 1
+        while name in self.taken:
+            k += 1
+            name = f"{wanted}{k}"
+        return self.claim(name)
+
+    def claim(self, name: str) -> sp.Symbol:
+        self.taken.add(name)
+        self.order[name] = next(self._counter)
+        return index(name)
+
+    def link(self) -> sp.Symbol:
+        for name in LINK_NAMES:
+            if name not in self.taken:
+                return self.claim(name)
+        return self.fresh("t")
+
+    def age(self, symbol: sp.Symbol) -> int:
+        return self.order.get(symbol.name, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RawDerivative:
+    """d of / d wrt before the deltas are contracted."""
+
+    expr: sp.Expr                   # every link expanded: a sum of products with deltas
+    free: tuple[sp.Expr, ...]       # output pattern: of's left-hand side, then wrt's indices
+    steps: tuple[Step, ...]
+    names: Names
+
+
+def _entry(name: str, indices) -> sp.Expr:
+    return sp.IndexedBase(name, real=True)[tuple(indices)] if indices else sp.Symbol(name, real=True)
+
+
+class _Chain:
+    def __init__(self, model: Model, wrt: str, wrt_entry: sp.Expr, names: Names):
+        self.model, self.wrt, self.wrt_entry, self.names = model, wrt, wrt_entry, names
+        self.steps: list[Step] = []
+
+    def local(self, expr: sp.Expr) -> sp.Expr:
+        """One level of the chain rule; deeper links stay as `Partial` placeholders."""
+        parts = [expr.diff(self.wrt_entry)]
+        for name in tensor_names(expr):
+            if name not in self.model.definitions or not (self.model.depends(name, self.wrt)):
+                continue
+            links = [self.names.link() for _ in range(self.model.rank(name))]
+            entry = _entry(name, links)
+            outer = expr.diff(entry)
+            extents = [Extent(s.name, name, axis) for axis, s in enumerate(links)]
+            parts.append(ESum(outer * Partial(entry, self.wrt_entry), links, extents))
+        return sp.Add(*parts)
+
+    def definition_at(self, entry: sp.Expr) -> sp.Expr:
+        """T's right-hand side as a function of the link indices of `entry`."""
+        name = entry.base.label.name if isinstance(entry, sp.Indexed) else entry.name
+        d = self.model.definitions[name]
+        links = entry.indices if isinstance(entry, sp.Indexed) else ()
+        rename, fixed = {}, sp.S.One
+        for own, link in zip(d.indices, links):
+            if own.is_Symbol:
+                rename[own] = link
+            else:
+                fixed *= sp.KroneckerDelta(link, own)
+        for own in sorted(index_names(d.expr) - {s.name for s in rename}):
+            rename[index(own)] = self.names.fresh(own)
+        return fixed * d.expr.xreplace(rename)
+
+    def expand(self, expr: sp.Expr) -> sp.Expr:
+        """Replace every Partial by its own chain, recording each link as a step."""
+        for partial in sorted(expr.atoms(Partial), key=sp.default_sort_key):
+            entry = partial.args[0]
+            rhs = self.definition_at(entry)
+            link = self.local(rhs)
+            name = entry.base.label.name if isinstance(entry, sp.Indexed) else entry.name
+            self.steps.append(Step(f"Link through {name}", partial, link))
+            expr = expr.xreplace({partial: self.expand(link)})
+        return expr
+
+
+def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None) -> RawDerivative:
+    """d of / d wrt[m,n,...] with every link expanded (deltas not yet contracted)."""
+    if wrt not in model.inputs:
+        known = ", ".join(model.inputs)
+        raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input "
+                               f"of the program (inputs: {known})")
+    if of_expr is None:
+        if of not in model.definitions:
+            raise UnknownNameError(f"{of} is not a target of the program (targets: {', '.join(model.targets)})")
+        d = model.definitions[of]
+        of_expr, of_free = d.expr, d.indices
+    taken = {s.name for d in model.definitions.values() for s in d.expr.atoms(sp.Symbol) if s.is_integer}
+    taken |= {s.name for s in of_free if s.is_Symbol} | index_names(of_expr)
+    names = Names(taken)
+    wanted = [WRT_NAMES[k] if k < len(WRT_NAMES) else "m" for k in range(model.inputs[wrt])]
+    wrt_indices = [names.fresh(n) for n in wanted]
+    names.order.clear()
+    wrt_entry = _entry(wrt, wrt_indices)
+    chain = _Chain(model, wrt, wrt_entry, names)
+    of_entry = _entry(of, of_free)
+    first = chain.local(of_expr)
+    chain.steps.append(Step("Chain rule", Partial(of_entry, wrt_entry), first))
+    expr = chain.expand(first)
+    return RawDerivative(expr, tuple(of_free) + tuple(wrt_indices), tuple(chain.steps), names)
+
+
+__all__ = ["Step", "RawDerivative", "differentiate", "extents_for"]

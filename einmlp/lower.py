@@ -1,0 +1,334 @@
+"""Lower index forms to an `EinsumPlan`: a flat list of equations, each one einsum or one
+elementwise numpy expression, computing every forward intermediate once.
+
+Plan grammar::
+
+    plan     := equation*  outputs
+    equation := var '=' 'einsum' '(' subscripts ',' var, ... ')'
+              | var '=' numpy-expression-over-vars
+
+A term `c * sum[s](f1 * f2 * ...)` becomes: one elementwise equation per group of
+factors (a computed factor absorbs every factor whose indices it covers, so
+`Ytilde * f2'(C) * W2.T * f1'(A)` is one fused numpy expression), then one einsum over
+the groups that are left (`X.T @ G` reaches BLAS through opt_einsum), then a sum of
+terms broadcast to the output's axes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+from dataclasses import dataclass, field
+
+import sympy as sp
+from opt_einsum import get_symbol
+
+from .deltas import IndexForm, Term, normalize
+from .errors import EinmlpError
+from .functions import PARAM, UserFunction, numpy_source
+from .grad import Names
+from .symbolic import Extent, Model, free_indices, index_names
+
+RESERVED = {"np", "oe"} | set(dir(builtins))
+
+
+@dataclass(frozen=True, slots=True)
+class Equation:
+    out: str                # the variable it assigns
+    op: str                 # "einsum" or "eval"
+    args: tuple[str, ...]   # einsum operands (for "eval", the text names what it reads)
+    text: str               # einsum subscripts, or a numpy expression
+    comment: str = ""       # what it computes, in index notation
+
+    def __str__(self) -> str:
+        rhs = f"einsum('{self.text}', {', '.join(self.args)})" if self.op == "einsum" else self.text
+        return f"{self.out} = {rhs}" + (f"    # {self.comment}" if self.comment else "")
+
+
+@dataclass(frozen=True, slots=True)
+class EinsumPlan:
+    inputs: tuple[str, ...]        # arrays the plan reads, by program name
+    equations: tuple[Equation, ...]
+    outputs: dict[str, str]        # result name -> variable
+    abstract: tuple[str, ...]      # abstract functions the caller must supply
+    variables: dict[str, str] = field(default_factory=dict)  # program name -> variable
+
+    def __str__(self) -> str:
+        lines = [str(e) for e in self.equations]
+        lines.append("return " + ", ".join(f"{k}={v}" if k else v for k, v in self.outputs.items()))
+        return "\n".join(lines)
+
+
+def variable(name: str) -> str:
+    """A Python name for a program name (names that clash with Python get a trailing _)."""
+    return name + "_" if keyword.iskeyword(name) or name in RESERVED else name
+
+
+def _letters(indices, letter_of) -> str:
+    return "".join(letter_of[i] for i in indices)
+
+
+def align(var: str, indices: tuple, order: list) -> str:
+    """numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None)."""
+    code = var
+    if any(i.is_Integer for i in indices):
+        code += "[" + ", ".join(str(i) if i.is_Integer else ":" for i in indices) + "]"
+    symbols = [i for i in indices if not i.is_Integer]
+    unique = list(dict.fromkeys(symbols))
+    if len(unique) < len(symbols):
+        letter = {s: get_symbol(k) for k, s in enumerate(unique)}
+        code = f"np.einsum('{_letters(symbols, letter)}->{_letters(unique, letter)}', {code})"
+    target = [i for i in order if i in unique]
+    perm = [unique.index(i) for i in target]
+    if perm != list(range(len(perm))):
+        code += ".T" if len(perm) == 2 else f".transpose({tuple(perm)})"
+    if target != list(order) and target:
+        code += "[" + ", ".join(":" if i in unique else "None" for i in order) + "]"
+    return code
+
+
+def inline_definitions(expr: sp.Expr) -> sp.Expr:
+    """Replace defined user functions (and their derivatives) by their bodies."""
+    def body(e):
+        return type(e).definition.xreplace({PARAM: e.args[0]})
+    while True:
+        new = expr.replace(lambda e: isinstance(e, UserFunction) and type(e).definition is not None, body)
+        if new == expr:
+            return new
+        expr = new
+
+
+class _Printer:
+    """numpy source for an elementwise sympy expression laid out over `order`."""
+
+    def __init__(self, order: list, size_of, var_of):
+        self.order, self.size_of, self.var_of = order, size_of, var_of
+
+    def p(self, e: sp.Expr) -> str:
+        if isinstance(e, sp.Indexed):
+            return align(self.var_of(e.base.label.name), e.indices, self.order)
+        if isinstance(e, Extent):
+            return f"{self.var_of(e.name)}.shape[{e.axis}]"
+        if e.is_Symbol:
+            return self.var_of(e.name)
+        if e.is_Integer:
+            return str(int(e))
+        if e.is_Number:
+            return repr(float(e))
+        if isinstance(e, sp.Add):
+            return self.add(e)
+        if isinstance(e, sp.Mul):
+            return self.mul(e)
+        if isinstance(e, sp.Pow):
+            return self.pow(e.base, e.exp)
+        if isinstance(e, sp.KroneckerDelta):
+            return self.delta(*e.args)
+        if isinstance(e, UserFunction) and type(e).definition is not None:
+            return self.p(type(e).definition.xreplace({PARAM: e.args[0]}))
+        if isinstance(e, UserFunction):
+            return f"_functions[{type(e).__name__!r}]({self.p(e.args[0])})"
+        if isinstance(e, sp.Function) and len(e.args) == 1:
+            return numpy_source(e, self.p(e.args[0]))
+        raise EinmlpError(f"cannot compile {e} to numpy")
+
+    def atom(self, e: sp.Expr) -> str:
+        code = self.p(e)
+        if isinstance(e, UserFunction) and type(e).definition is not None:
+            e = type(e).definition.xreplace({PARAM: e.args[0]})
+        simple = isinstance(e, (sp.Indexed, sp.Symbol, sp.Function, Extent)) or (e.is_Integer and e >= 0)
+        return code if simple else f"({code})"
+
+    def add(self, e: sp.Add) -> str:
+        out = ""
+        for k, term in enumerate(sp.Add.make_args(e)):
+            c, rest = term.as_coeff_Mul()
+            if c < 0:
+                out += (" - " if k else "-") + self.p(-term)
+            else:
+                out += (" + " if k else "") + self.p(term)
+        return out
+
+    def mul(self, e: sp.Mul) -> str:
+        c, rest = e.as_coeff_Mul()
+        if c < 0:
+            return "-" + self.atom(-e) if not isinstance(-e, sp.Add) else f"-({self.p(-e)})"
+        num, den = [], []
+        for f in sp.Mul.make_args(rest):
+            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+                den.append(self.atom(sp.Pow(f.base, -f.exp)))
+            else:
+                num.append(self.atom(f))
+        if c != 1:
+            num.insert(0, self.p(c))
+        code = "*".join(num) if num else "1.0"
+        return code + "".join(f"/{d}" for d in den)
+
+    def pow(self, base: sp.Expr, exp: sp.Expr) -> str:
+        b = self.atom(base)
+        if exp.is_Integer and 1 <= exp <= 4:
+            return "*".join([b] * int(exp)) if isinstance(base, (sp.Indexed, sp.Symbol)) else f"_ipow({b}, {exp})"
+        if exp.is_Integer and exp < 0:
+            return f"1.0/{self.atom(sp.Pow(base, -exp))}"
+        if exp == sp.S.Half:
+            return f"np.sqrt({self.p(base)})"
+        if exp == -sp.S.Half:
+            return f"1.0/np.sqrt({self.p(base)})"
+        return f"np.power({self.p(base)}, {self.p(exp)})"
+
+    def delta(self, a: sp.Expr, b: sp.Expr) -> str:
+        ndim = len(self.order)
+
+        def axis(i):
+            if i.is_Integer:
+                return str(int(i))
+            return f"_arange({self.size_of(i)}, {self.order.index(i)}, {ndim})"
+        return f"_equal({axis(a)}, {axis(b)})"
+
+
+class Lowerer:
+    """Builds one plan for one or more outputs, sharing every equation it can."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.equations: list[Equation] = []
+        self.cache: dict[str, str] = {}   # numpy source -> variable holding it
+        self.defined: set[str] = set()
+        self.inputs: dict[str, None] = {}
+        self.abstract: dict[str, None] = {}
+        self.count = 0
+
+    def temp(self) -> str:
+        self.count += 1
+        return f"_t{self.count}"
+
+    def var_of(self, name: str) -> str:
+        self.need(name)
+        return variable(name)
+
+    def need(self, name: str) -> None:
+        """Make sure tensor `name` is computed before the equations that follow."""
+        if name in self.defined:
+            return
+        self.defined.add(name)
+        if name in self.model.inputs:
+            self.inputs[name] = None
+            return
+        d = self.model.definitions[name]
+        names = Names(index_names(d.expr) | {s.name for s in d.indices if s.is_Symbol})
+        form = IndexForm(tuple(normalize(d.expr, names)), d.indices)
+        self.lower(form, variable(name), {}, comment=d.source)
+
+    def emit(self, code: str, comment: str = "") -> str:
+        if code in self.cache:
+            return self.cache[code]
+        var = self.temp()
+        self.equations.append(Equation(var, "eval", (), code, comment))
+        self.cache[code] = var
+        return var
+
+    def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
+        """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
+        order = [i for i in form.free if i.is_Symbol]
+        sizes = dict(bindings)
+        for t in form.terms:
+            sizes.update({k: v for k, v in self._bindings(t).items() if k not in sizes})
+        size_of = lambda i: f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
+        parts, complete = [], True
+        for term in form.terms:
+            var, indices, coeff = self.term(term, order, size_of)
+            complete &= list(indices) == order
+            part = align(var, indices, order) if var else ""
+            parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
+        code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
+        shape = "(" + "".join(f"{size_of(i)}, " for i in order) + ")"
+        if not complete or not parts:
+            code = f"_full({shape}, {code})"
+        if any(i.is_Integer for i in form.free):
+            code = f"({code})[" + ", ".join("None" if i.is_Integer else ":" for i in form.free) + "]"
+        last = self.equations[-1] if self.equations else None
+        if last is not None and code == last.out and last.out.startswith("_t"):
+            self.equations[-1] = Equation(out, last.op, last.args, last.text, comment)  # name it directly
+            self.cache = {k: (out if v == code else v) for k, v in self.cache.items()}
+            return out
+        self.equations.append(Equation(out, "eval", (), code, comment))
+        self.cache[code] = out
+        return out
+
+    def _bindings(self, term: Term) -> dict:
+        found = {}
+        for f in term.factors:
+            for e in sp.preorder_traversal(f):
+                if isinstance(e, sp.Indexed):
+                    for axis, i in enumerate(e.indices):
+                        if i.is_Symbol:
+                            found.setdefault(i, (e.base.label.name, axis))
+        return found
+
+    def term(self, term: Term, order: list, size_of) -> tuple[str | None, tuple, str]:
+        """Lower one term; returns (variable, its axes, scalar coefficient source)."""
+        printer = _Printer(order, size_of, self.var_of)
+        coeff_parts = [] if term.coeff == 1 else [printer.atom(term.coeff)]
+        groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
+        plain: list[sp.Indexed] = []
+        for f in term.factors:
+            indices = free_indices(f)
+            if not indices:
+                coeff_parts.append(printer.atom(f))
+            elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \
+                    and len(set(f.indices)) == len(f.indices):
+                plain.append(f)
+            else:
+                groups.append((set(indices), [f]))
+        self._note_abstract(term)
+        groups.sort(key=lambda g: -len(g[0]))
+        fused: list[tuple[set, list]] = []
+        for indices, members in groups:
+            home = next((g for g in fused if indices <= g[0]), None)
+            (home[1].extend(members) if home else fused.append((indices, list(members))))
+        for p in list(plain):
+            home = next((g for g in fused if set(p.indices) <= g[0]), None)
+            if home:
+                home[1].append(p)
+                plain.remove(p)
+        operands = [(variable(p.base.label.name), tuple(p.indices)) for p in plain]
+        for p in plain:
+            self.need(p.base.label.name)
+        for indices, members in fused:
+            local = [i for f in members for i in free_indices(f)]
+            local = list(dict.fromkeys(local))
+            inner = _Printer(local, size_of, self.var_of)
+            members.sort(key=lambda f: len(free_indices(f)))
+            code = "*".join(inner.atom(f) for f in members)
+            operands.append((self.emit(code, " * ".join(map(str, members))), tuple(local)))
+        coeff = "*".join(coeff_parts)
+        if not operands:
+            return None, (), coeff or "1.0"
+        out_indices = tuple(i for i in order if any(i in ix for _, ix in operands))
+        if len(operands) == 1 and set(operands[0][1]) == set(out_indices):
+            return operands[0][0], operands[0][1], coeff
+        return self.einsum(operands, out_indices), out_indices, coeff
+
+    def einsum(self, operands, out_indices) -> str:
+        letter: dict = {}
+        for _, indices in operands:
+            for i in indices:
+                letter.setdefault(i, get_symbol(len(letter)))
+        subscripts = ",".join(_letters(ix, letter) for _, ix in operands) + "->" + _letters(out_indices, letter)
+        key = f"einsum('{subscripts}', {', '.join(v for v, _ in operands)})"
+        if key in self.cache:
+            return self.cache[key]
+        var = self.temp()
+        self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts))
+        self.cache[key] = var
+        return var
+
+    def _note_abstract(self, term: Term) -> None:
+        for f in term.factors:
+            for e in sp.preorder_traversal(inline_definitions(f)):
+                if isinstance(e, UserFunction):
+                    self.abstract[type(e).__name__] = None
+
+    def plan(self, outputs: dict[str, str]) -> EinsumPlan:
+        inputs = tuple(n for n in self.model.inputs if n in self.inputs)
+        return EinsumPlan(inputs, tuple(self.equations), outputs, tuple(self.abstract),
+                          {n: variable(n) for n in self.defined})

@@ -1,0 +1,247 @@
+"""Tokenizer and recursive-descent parser: text to `syntax.Program`, never eval."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .errors import ParseError
+from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Span, Statement, SumOver
+
+MAX_NESTING = 100
+
+_TOKEN = re.compile(
+    r"(?P<space>[ \t\r]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n|;)"
+    r"|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
+    r"|(?P<name>[A-Za-z][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str  # name, number, op, newline, end
+    text: str
+    span: Span
+
+
+def tokenize(text: str) -> list[Token]:
+    """Split text into tokens; line breaks inside brackets do not end a statement."""
+    tokens, depth, pos, line, line_start = [], 0, 0, 1, 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        span = Span(line, pos - line_start + 1)
+        if not match:
+            raise _error(text, span, f"unexpected character {text[pos]!r}")
+        kind, value = match.lastgroup, match.group()
+        if kind == "op":
+            depth += value in "([" and 1 or (-1 if value in ")]" else 0)
+        if kind == "newline":
+            if depth <= 0:
+                tokens.append(Token("newline", value, span))
+            if value == "\n":
+                line, line_start = line + 1, match.end()
+        elif kind not in ("space", "comment"):
+            tokens.append(Token(kind, value, span))
+        pos = match.end()
+    tokens.append(Token("newline", "", Span(line, pos - line_start + 1)))
+    tokens.append(Token("end", "", Span(line, pos - line_start + 1)))
+    return tokens
+
+
+def _error(text: str, span: Span, message: str) -> ParseError:
+    lines = text.split("\n")
+    source_line = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
+    return ParseError(message, span.line, span.column, source_line)
+
+
+def _describe(token: Token) -> str:
+    return {"newline": "end of line", "end": "end of input"}.get(token.kind, repr(token.text))
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text, self.tokens, self.pos, self.depth = text, tokenize(text), 0, 0
+
+    # -- token helpers -------------------------------------------------------------------
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.pos]
+
+    def peek(self, offset: int = 1) -> Token:
+        return self.tokens[min(self.pos + offset, len(self.tokens) - 1)]
+
+    def at(self, text: str) -> bool:
+        return self.tok.kind == "op" and self.tok.text == text
+
+    def take(self) -> Token:
+        token = self.tok
+        self.pos += 1
+        return token
+
+    def expect(self, text: str, what: str = "") -> Token:
+        if not self.at(text):
+            raise self.error(f"expected {what or repr(text)}, found {_describe(self.tok)}")
+        return self.take()
+
+    def expect_name(self, what: str) -> Token:
+        if self.tok.kind != "name":
+            raise self.error(f"expected {what}, found {_describe(self.tok)}")
+        return self.take()
+
+    def error(self, message: str, span: Span | None = None) -> ParseError:
+        return _error(self.text, span or self.tok.span, message)
+
+    # -- statements ----------------------------------------------------------------------
+    def program(self) -> Program:
+        statements, functions = [], []
+        while self.tok.kind != "end":
+            if self.tok.kind == "newline":
+                self.take()
+                continue
+            start = self.pos
+            item = self.definition() if self.is_definition() else self.statement()
+            if self.tok.kind != "newline":
+                raise self.error(f"expected end of line, found {_describe(self.tok)}")
+            source = self.source_of(start)
+            if isinstance(item, FunctionDef):
+                functions.append(FunctionDef(item.name, item.param, item.body, item.span, source))
+            else:
+                statements.append(Statement(item.name, item.indices, item.expr, item.span, source))
+        return Program(tuple(statements), tuple(functions))
+
+    def source_of(self, start: int) -> str:
+        line = self.tokens[start].span.line
+        return self.text.split("\n")[line - 1].strip()
+
+    def is_definition(self) -> bool:
+        return (self.tok.kind == "name" and self.peek().text == "(" and self.peek(2).kind == "name"
+                and self.peek(3).text == ")" and self.peek(4).text == "=")
+
+    def definition(self) -> FunctionDef:
+        name = self.take()
+        self.expect("(")
+        param = self.take()
+        self.expect(")")
+        self.expect("=")
+        return FunctionDef(name.text, param.text, self.expr(), name.span, "")
+
+    def statement(self) -> Statement:
+        name = self.expect_name("a statement such as Y[i] = ... or f(x) = ...")
+        indices = self.index_list() if self.at("[") else ()
+        self.expect("=", "'=' after the left-hand side")
+        return Statement(name.text, indices, self.expr(), name.span, "")
+
+    def index_list(self) -> tuple:
+        self.expect("[")
+        indices = [self.index()]
+        while self.at(","):
+            self.take()
+            indices.append(self.index())
+        self.expect("]", "',' or ']' in the index list")
+        return tuple(indices)
+
+    def index(self):
+        token = self.take()
+        if token.kind == "name":
+            return token.text
+        if token.kind == "number" and token.text.isdigit():
+            return int(token.text)
+        raise self.error(f"expected an index name or a non-negative integer, found {_describe(token)}",
+                         token.span)
+
+    # -- expressions ---------------------------------------------------------------------
+    def nested(self, parse):
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"expression nested more than {MAX_NESTING} levels deep")
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
+
+    def expr(self) -> Expr:
+        return self.nested(self._expr)
+
+    def _expr(self) -> Expr:
+        left = self.product()
+        while self.at("+") or self.at("-"):
+            op = self.take()
+            left = BinOp(op.text, left, self.product(), op.span)
+        return left
+
+    def starts_atom(self) -> bool:
+        return self.tok.kind in ("name", "number") or self.at("(")
+
+    def product(self) -> Expr:
+        left = self.unary()
+        while self.at("*") or self.at("/") or self.starts_atom():
+            op = self.take().text if not self.starts_atom() else "*"
+            span = self.tok.span
+            left = BinOp(op, left, self.unary(), span)
+        return left
+
+    def unary(self) -> Expr:
+        if self.at("-"):
+            op = self.take()
+            return Neg(self.nested(self.unary), op.span)
+        if self.at("+"):
+            self.take()
+            return self.nested(self.unary)
+        return self.power()
+
+    def power(self) -> Expr:
+        base = self.atom()
+        if self.at("^") or self.at("**"):
+            op = self.take()
+            return BinOp("^", base, self.nested(self.unary), op.span)
+        return base
+
+    def atom(self) -> Expr:
+        token = self.tok
+        if token.kind == "number":
+            self.take()
+            return Num(_number(token.text), token.span)
+        if self.at("("):
+            self.take()
+            inner = self.expr()
+            self.expect(")", "')'")
+            return inner
+        if token.kind != "name":
+            raise self.error(f"expected a number, a name or '(', found {_describe(token)}")
+        self.take()
+        if token.text == "sum" and self.at("["):
+            return self.explicit_sum(token)
+        if self.at("["):
+            return Ref(token.text, self.index_list(), token.span)
+        if self.at("("):
+            self.take()
+            arg = self.expr()
+            if self.at(","):
+                raise self.error(f"function {token.text!r} takes one argument; elementwise functions are unary")
+            self.expect(")", "')' closing the call")
+            return Call(token.text, arg, token.span)
+        return Ref(token.text, (), token.span)
+
+    def explicit_sum(self, token: Token) -> SumOver:
+        indices = self.index_list()
+        for index in indices:
+            if not isinstance(index, str):
+                raise self.error(f"sum[...] takes index names, not the number {index}", token.span)
+        if not self.at("("):
+            raise self.error("expected '(' after sum[...]: write sum[j](expression)")
+        self.take()
+        body = self.expr()
+        self.expect(")", "')' closing sum[...](")
+        return SumOver(tuple(indices), body, token.span)
+
+
+def _number(text: str) -> Fraction | float:
+    return Fraction(text)
+
+
+def parse_syntax(text: str) -> Program:
+    """Parse source text into syntax records; raises `ParseError` with a caret."""
+    if not isinstance(text, str):
+        raise ParseError(f"expected program text as a str, got {type(text).__name__}")
+    return _Parser(text).program()

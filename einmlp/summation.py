@@ -1,0 +1,252 @@
+"""The Einstein rules of the language: make every sum explicit, check names and ranks.
+
+Rules (design §1): an index on the left is never summed; an index in two or more factors
+of one product is summed over that product; an index that occurs once is elementwise in
+its term and, if it is not on the left, summed over the whole right-hand side; `sum[...]`
+sums explicitly; terms of `+`/`-` must have nested sets of free indices (the smaller one
+is broadcast), and an index summed in one term but free in another is ambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .errors import IndexNotationError, UnknownNameError
+from .functions import BUILTINS
+from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Statement, SumOver
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A statement whose right-hand side has every sum explicit."""
+
+    statement: Statement
+    expr: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedProgram:
+    statements: tuple[Checked, ...]
+    functions: tuple[FunctionDef, ...]
+    inputs: dict[str, int]    # name -> rank, in order of first use
+    targets: dict[str, int]   # name -> rank, in order of assignment
+
+
+@dataclass(frozen=True, slots=True)
+class _Info:
+    free: tuple[str, ...]     # unsummed index names, in order of first occurrence
+    summed: frozenset[str]    # names summed implicitly somewhere inside
+
+
+def _ordered_union(*groups) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for group in groups:
+        seen.update(dict.fromkeys(group))
+    return tuple(seen)
+
+
+def _factors(expr: Expr) -> list[Expr]:
+    """Flatten a chain of products (through parentheses) into its factors."""
+    if isinstance(expr, BinOp) and expr.op in "*/":
+        right = _factors(expr.right)
+        if expr.op == "/":
+            right = [BinOp("^", r, Num(Fraction(-1), r.span), r.span) for r in right]
+        return _factors(expr.left) + right
+    return [expr]
+
+
+def _terms(expr: Expr) -> list[Expr]:
+    """Flatten a chain of + and - into terms (a subtracted term becomes Neg)."""
+    if isinstance(expr, BinOp) and expr.op in "+-":
+        right = expr.right if expr.op == "+" else Neg(expr.right, expr.span)
+        return _terms(expr.left) + [right]
+    return [expr]
+
+
+def _rebuild(parts: list[Expr], op: str) -> Expr:
+    result = parts[0]
+    for part in parts[1:]:
+        result = BinOp(op, result, part, part.span)
+    return result
+
+
+class _Analyzer:
+    def __init__(self, where: str):
+        self.where = where
+
+    def error(self, message: str) -> IndexNotationError:
+        return IndexNotationError(f"{message} (in `{self.where}`)")
+
+    def run(self, expr: Expr, protected: frozenset[str]) -> tuple[Expr, _Info]:
+        if isinstance(expr, Num):
+            return expr, _Info((), frozenset())
+        if isinstance(expr, Ref):
+            return expr, _Info(_ordered_union([i for i in expr.indices if isinstance(i, str)]), frozenset())
+        if isinstance(expr, Neg):
+            operand, info = self.run(expr.operand, protected)
+            return Neg(operand, expr.span), info
+        if isinstance(expr, Call):
+            arg, info = self.run(expr.arg, protected)
+            return Call(expr.function, arg, expr.span), info
+        if isinstance(expr, SumOver):
+            return self.explicit_sum(expr, protected)
+        if expr.op in "+-":
+            return self.add(expr, protected)
+        if expr.op == "^":
+            base, b = self.run(expr.left, protected)
+            exponent, e = self.run(expr.right, protected)
+            return BinOp("^", base, exponent, expr.span), _Info(_ordered_union(b.free, e.free), b.summed | e.summed)
+        return self.product(expr, protected)
+
+    def product(self, expr: Expr, protected: frozenset[str]) -> tuple[Expr, _Info]:
+        results = [self.run(f, protected) for f in _factors(expr)]
+        counts: dict[str, int] = {}
+        for _, info in results:
+            for index in info.free:
+                counts[index] = counts.get(index, 0) + 1
+        summed = tuple(i for i, n in counts.items() if n > 1 and i not in protected)
+        free = tuple(i for i in counts if i not in summed)
+        inner = frozenset().union(*(info.summed for _, info in results)) | frozenset(summed)
+        body = _rebuild([e for e, _ in results], "*")
+        return (SumOver(summed, body, expr.span) if summed else body), _Info(free, inner)
+
+    def add(self, expr: Expr, protected: frozenset[str]) -> tuple[Expr, _Info]:
+        results = [self.run(t, protected) for t in _terms(expr)]
+        free_sets = [set(info.free) for _, info in results]
+        for a, (_, ia) in enumerate(results):
+            for b in range(len(results)):
+                clash = ia.summed & free_sets[b]
+                if a != b and clash:
+                    index = sorted(clash)[0]
+                    raise self.error(
+                        f"index {index} is summed in one term but free in another, which is ambiguous; "
+                        f"write the sum explicitly, e.g. sum[{index}](...)")
+        for (_, ia), sa in zip(results, free_sets):
+            for (_, ib), sb in zip(results, free_sets):
+                if not (sa <= sb or sb <= sa):
+                    raise self.error(
+                        f"terms with free indices [{','.join(ia.free)}] and [{','.join(ib.free)}] cannot be added: "
+                        "one set must contain the other")
+        free = _ordered_union(*(info.free for _, info in results))
+        return _rebuild([e for e, _ in results], "+"), _Info(free, frozenset().union(*(i.summed for _, i in results)))
+
+    def explicit_sum(self, expr: SumOver, protected: frozenset[str]) -> tuple[Expr, _Info]:
+        if len(set(expr.indices)) != len(expr.indices):
+            raise self.error(f"sum[{','.join(expr.indices)}] names an index twice")
+        for index in expr.indices:
+            if index in protected:
+                raise self.error(f"index {index} is on the left-hand side or already summed, "
+                                 f"so sum[{index}] cannot sum it again")
+        body, info = self.run(expr.body, protected | frozenset(expr.indices))
+        for index in expr.indices:
+            if index not in info.free:
+                raise self.error(f"sum[{index}] sums an index that does not occur in its body")
+        free = tuple(i for i in info.free if i not in expr.indices)
+        return SumOver(expr.indices, body, expr.span), _Info(free, info.summed)
+
+
+def _check_lhs(statement: Statement) -> None:
+    names = [i for i in statement.indices if isinstance(i, str)]
+    for index in names:
+        if names.count(index) > 1:
+            raise IndexNotationError(f"index {index} repeats on the left-hand side of {statement.name} "
+                                     f"(in `{statement.source}`)")
+    for index in statement.indices:
+        if isinstance(index, int) and index != 0:
+            raise IndexNotationError(f"a number on the left-hand side declares a size-1 axis and must be 0, "
+                                     f"not {index} (in `{statement.source}`)")
+
+
+def check_statement(statement: Statement) -> Checked:
+    """Apply the summation rules to one statement."""
+    _check_lhs(statement)
+    lhs = tuple(i for i in statement.indices if isinstance(i, str))
+    expr, info = _Analyzer(statement.source).run(statement.expr, frozenset(lhs))
+    for index in lhs:
+        if index not in info.free:
+            raise IndexNotationError(f"index {index} on the left of {statement.name} never occurs free on the right "
+                                     f"(in `{statement.source}`)")
+    rest = tuple(i for i in info.free if i not in lhs)
+    if rest:
+        expr = SumOver(rest, expr, statement.expr.span)
+    return Checked(statement, expr)
+
+
+def _refs(expr: Expr):
+    if isinstance(expr, Ref):
+        yield expr
+    elif isinstance(expr, (Neg,)):
+        yield from _refs(expr.operand)
+    elif isinstance(expr, Call):
+        yield expr
+        yield from _refs(expr.arg)
+    elif isinstance(expr, SumOver):
+        yield expr
+        yield from _refs(expr.body)
+    elif isinstance(expr, BinOp):
+        yield from _refs(expr.left)
+        yield from _refs(expr.right)
+
+
+def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
+    defined: set[str] = set()
+    for definition in functions:
+        if definition.name in BUILTINS or definition.name == "sum":
+            raise UnknownNameError(f"{definition.name} is a built-in function and cannot be redefined "
+                                   f"(in `{definition.source}`)")
+        if definition.name in defined:
+            raise UnknownNameError(f"function {definition.name} is defined twice (in `{definition.source}`)")
+        for node in _refs(definition.body):
+            if isinstance(node, Call) and node.function == definition.name:
+                raise UnknownNameError(f"function {definition.name} calls itself (in `{definition.source}`)")
+            if isinstance(node, Call) and node.function not in BUILTINS and node.function not in defined:
+                raise UnknownNameError(f"function {definition.name} calls {node.function}, which is not defined "
+                                       f"before it (in `{definition.source}`)")
+            if isinstance(node, SumOver):
+                raise IndexNotationError(f"sum[...] cannot appear in the definition of {definition.name}: "
+                                         f"functions are elementwise (in `{definition.source}`)")
+            if isinstance(node, Ref) and (node.indices or node.name != definition.param):
+                raise UnknownNameError(f"the body of {definition.name}({definition.param}) may only use "
+                                       f"{definition.param}, not {node.name} (in `{definition.source}`)")
+        defined.add(definition.name)
+    return defined
+
+
+def check_program(program: Program) -> CheckedProgram:
+    """Check names, ranks and summation of a whole program."""
+    functions = _check_functions(program.functions)
+    assigned_at = {s.name: n for n, s in reversed(list(enumerate(program.statements)))}
+    inputs: dict[str, int] = {}
+    targets: dict[str, int] = {}
+    checked = []
+    for number, statement in enumerate(program.statements):
+        where = f"in `{statement.source}`"
+        if statement.name in targets:
+            raise UnknownNameError(f"{statement.name} is assigned twice ({where})")
+        if statement.name in inputs:
+            raise UnknownNameError(f"{statement.name} is used before it is assigned ({where})")
+        if statement.name in functions or statement.name in BUILTINS:
+            raise UnknownNameError(f"{statement.name} is a function and cannot be assigned ({where})")
+        for node in _refs(statement.expr):
+            if isinstance(node, SumOver):
+                continue
+            if isinstance(node, Call):
+                if node.function in targets or node.function in inputs:
+                    raise UnknownNameError(f"{node.function} is a tensor, not a function ({where})")
+                continue
+            if node.name in functions or node.name in BUILTINS:
+                raise UnknownNameError(f"{node.name} is a function; call it as {node.name}(...) ({where})")
+            if assigned_at.get(node.name, -1) >= number:
+                raise UnknownNameError(f"{node.name} is used before it is assigned ({where})")
+            known = targets.get(node.name, inputs.get(node.name))
+            if known is None:
+                inputs[node.name] = len(node.indices)
+            elif known != len(node.indices):
+                raise IndexNotationError(f"{node.name} has {known} indices but is used with {len(node.indices)} "
+                                         f"here: {node.name}[{','.join(map(str, node.indices))}] ({where})")
+        checked.append(check_statement(statement))
+        targets[statement.name] = len(statement.indices)
+    if not checked:
+        raise UnknownNameError("the program has no statements")
+    return CheckedProgram(tuple(checked), program.functions, inputs, targets)

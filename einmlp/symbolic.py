@@ -1,0 +1,300 @@
+"""The indexed model in sympy: one definition per statement, intermediates kept by name.
+
+Tensor entries are `sympy.Indexed`, scalars `Symbol`, sums are explicit `ESum` nodes
+that also record where each summed index gets its extent. Contractions that sit inside a
+nonlinear context (a function argument, a power's base) are lifted into named
+intermediates, as the article names A, B and C: that keeps every right-hand side a sum
+of products of elementwise factors, which both the chain rule and einsum understand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import ascii_uppercase
+
+import sympy as sp
+from sympy.core.symbol import Str
+
+from .functions import PARAM, FunctionTable
+from .summation import CheckedProgram
+from .syntax import BinOp, Call, Expr, Neg, Num, Ref, SumOver
+
+
+def index(name: str) -> sp.Symbol:
+    """The sympy symbol of an index name."""
+    return sp.Symbol(name, integer=True)
+
+
+def tensor(name: str, rank: int) -> sp.Basic:
+    """The sympy object for a tensor: an IndexedBase, or a real Symbol for a scalar."""
+    return sp.IndexedBase(name, real=True) if rank else sp.Symbol(name, real=True)
+
+
+def ref(name: str, indices) -> sp.Expr:
+    """The entry `name[indices]` (a plain symbol when there are no indices)."""
+    indices = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in indices)
+    return sp.IndexedBase(name, real=True)[indices] if indices else sp.Symbol(name, real=True)
+
+
+class Extent(sp.Expr):
+    """The length of axis `axis` of tensor `name`, labelled by the index it counts."""
+
+    is_commutative = True
+
+    def __new__(cls, label: str, name: str, axis: int):
+        return sp.Expr.__new__(cls, Str(label), Str(name), sp.Integer(axis))
+
+    label = property(lambda self: self.args[0].name)
+    name = property(lambda self: self.args[1].name)
+    axis = property(lambda self: int(self.args[2]))
+    free_symbols = property(lambda self: set())
+
+    def _eval_derivative(self, s):
+        return sp.S.Zero
+
+    def _sympystr(self, printer):
+        return f"N_{self.label}"
+
+
+class ESum(sp.Expr):
+    """An explicit sum of `body` over `indices`; `extents` say where each length comes from."""
+
+    is_commutative = True
+
+    def __new__(cls, body, indices, extents):
+        body = sp.sympify(body)  # safe: only ever called on sympy objects built by einmlp
+        if body == 0:
+            return sp.S.Zero
+        if not indices:
+            return body
+        return sp.Expr.__new__(cls, body, sp.Tuple(*indices), sp.Tuple(*extents))
+
+    body = property(lambda self: self.args[0])
+    indices = property(lambda self: tuple(self.args[1]))
+    extents = property(lambda self: tuple(self.args[2]))
+
+    def _eval_derivative(self, s):
+        return ESum(self.body.diff(s), self.indices, self.extents)
+
+    def _sympystr(self, printer):
+        return f"sum[{','.join(map(str, self.indices))}]({printer._print(self.body)})"
+
+
+class Partial(sp.Expr):
+    """The not-yet-expanded derivative d of[..] / d wrt[..], a link of the chain rule."""
+
+    is_commutative = True
+
+    def __new__(cls, of, wrt):
+        return sp.Expr.__new__(cls, of, wrt)
+
+    def _eval_derivative(self, s):
+        raise NotImplementedError("a Partial is expanded before it is differentiated again")
+
+    def _sympystr(self, printer):
+        return f"d{printer._print(self.args[0])}/d{printer._print(self.args[1])}"
+
+
+def free_indices(expr: sp.Basic, bound: frozenset = frozenset()) -> tuple[sp.Symbol, ...]:
+    """Index symbols of `expr` not bound by an inner ESum, in order of first occurrence."""
+    found: dict[sp.Symbol, None] = {}
+
+    def walk(e, bound):
+        if isinstance(e, sp.Indexed):
+            found.update((i, None) for i in e.indices if i.is_Symbol and i not in bound)
+        elif isinstance(e, sp.KroneckerDelta):
+            found.update((i, None) for i in e.args if i.is_Symbol and i not in bound)
+        elif isinstance(e, ESum):
+            walk(e.body, bound | frozenset(e.indices))
+        elif isinstance(e, Partial):
+            walk(e.args[0], bound)
+            walk(e.args[1], bound)
+        elif not isinstance(e, Extent):
+            for arg in e.args:
+                walk(arg, bound)
+
+    walk(expr, bound)
+    return tuple(found)
+
+
+def index_names(expr: sp.Basic) -> set[str]:
+    """Every index name used in `expr`, bound or free."""
+    names = {s.name for s in expr.atoms(sp.Symbol) if s.is_integer}
+    return names
+
+
+def extents_for(indices, body: sp.Expr) -> tuple[Extent, ...]:
+    """For each index, the first tensor axis in `body` that it runs over."""
+    extents = []
+    for i in indices:
+        for entry in sp.preorder_traversal(body):
+            if isinstance(entry, sp.Indexed) and i in entry.indices:
+                extents.append(Extent(i.name, entry.base.label.name, list(entry.indices).index(i)))
+                break
+            if isinstance(entry, Extent) and entry.label == i.name:
+                extents.append(entry)
+                break
+        else:
+            raise ValueError(f"index {i} does not occur in {body}")
+    return tuple(extents)
+
+
+def esum(body: sp.Expr, indices) -> sp.Expr:
+    """ESum over `indices` with extents taken from the body."""
+    return ESum(body, indices, extents_for(indices, body))
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    name: str
+    indices: tuple[sp.Expr, ...]  # left-hand side: index symbols and Integer(0) for size-1 axes
+    expr: sp.Expr
+    source: str                   # the statement, or how einmlp named it
+    lifted: bool                  # named by einmlp, not by the user
+
+    @property
+    def lhs(self) -> sp.Expr:
+        return sp.IndexedBase(self.name, real=True)[self.indices] if self.indices else sp.Symbol(self.name, real=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    definitions: dict[str, Definition]  # in order; lifted ones before their first use
+    inputs: dict[str, int]              # name -> rank
+    targets: tuple[str, ...]            # assigned by the user, in order
+    functions: FunctionTable
+    uses: dict[str, frozenset[str]]     # name -> every tensor it depends on, transitively
+
+    def rank(self, name: str) -> int:
+        return len(self.definitions[name].indices) if name in self.definitions else self.inputs[name]
+
+    def depends(self, name: str, on: str) -> bool:
+        return on in self.uses.get(name, frozenset())
+
+
+def tensor_names(expr: sp.Basic) -> list[str]:
+    """Tensors referenced in `expr`, in order of first occurrence."""
+    names: dict[str, None] = {}
+    for e in sp.preorder_traversal(expr):
+        if isinstance(e, sp.Indexed):
+            names[e.base.label.name] = None
+        elif isinstance(e, sp.Symbol) and e.is_real and not e.is_integer and e != PARAM:
+            names[e.name] = None
+    return list(names)
+
+
+class _Builder:
+    """Turns checked syntax into sympy and lifts contractions out of nonlinear contexts."""
+
+    def __init__(self, program: CheckedProgram, functions: FunctionTable):
+        self.program, self.functions = program, functions
+        self.taken = set(program.inputs) | set(program.targets) | {f.name for f in program.functions}
+        self.definitions: dict[str, Definition] = {}
+        self.lifted: dict[sp.Expr, str] = {}
+        self.param: str | None = None  # while building a function definition's body
+
+    def build(self, expr: Expr) -> sp.Expr:
+        if isinstance(expr, Num):
+            v = expr.value
+            return sp.Rational(v.numerator, v.denominator)
+        if isinstance(expr, Ref):
+            return PARAM if expr.name == self.param and not expr.indices else ref(expr.name, expr.indices)
+        if isinstance(expr, Neg):
+            return -self.build(expr.operand)
+        if isinstance(expr, Call):
+            return self.functions.apply(expr.function, self.build(expr.arg))
+        if isinstance(expr, SumOver):
+            return esum(self.build(expr.body), [index(i) for i in expr.indices])
+        left, right = self.build(expr.left), self.build(expr.right)
+        return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                "/": lambda: left / right, "^": lambda: left ** right}[expr.op]()
+
+    # -- lifting ---------------------------------------------------------------------------
+    def lift_all(self, expr: sp.Expr, lhs: tuple) -> sp.Expr:
+        self.lhs = lhs
+        return self.visit(expr)
+
+    def visit(self, e: sp.Expr) -> sp.Expr:
+        if e.is_Atom or isinstance(e, (sp.Indexed, Extent)):
+            return e
+        if isinstance(e, ESum):
+            body = e.body
+            if isinstance(body, sp.Mul) and sum(1 for a in body.args if not a.is_Number) > 1:
+                factors = [self.visit(a) for a in body.args]
+                body = sp.Mul(*[self.lift(a) if isinstance(a, sp.Function) else a for a in factors])
+            else:
+                body = self.visit(body)
+            return ESum(body, e.indices, e.extents)
+        if isinstance(e, sp.Add) and (name := self._residual_name(e)):
+            return self.lift(e, name)
+        args = [self.visit(a) for a in e.args]
+        if isinstance(e, (sp.Function, sp.Pow)):
+            args = [self.lift(a) if a.has(ESum) else a for a in args]
+        return e.func(*args)
+
+    def _residual_name(self, e: sp.Add) -> str | None:
+        """`Y - Yhat` is the article's residual, named Ytilde."""
+        if len(e.args) != 2:
+            return None
+        pos = [a for a in e.args if isinstance(a, sp.Indexed)]
+        neg = [-a for a in e.args if isinstance(-a, sp.Indexed)]
+        if len(pos) == 1 and len(neg) == 1 and neg[0].indices == pos[0].indices:
+            if neg[0].base.label.name == pos[0].base.label.name + "hat":
+                return pos[0].base.label.name + "tilde"
+        return None
+
+    def pattern(self, e: sp.Expr, free: tuple) -> tuple:
+        candidates = [self.lhs] + [x.indices for x in sp.preorder_traversal(e) if isinstance(x, sp.Indexed)]
+        for c in candidates:
+            symbols = [i for i in c if i.is_Symbol]
+            if set(symbols) == set(free) and len(symbols) == len(free) and all(i.is_Symbol or i == 0 for i in c):
+                return tuple(c)
+        return free
+
+    def lift(self, e: sp.Expr, name: str | None = None) -> sp.Expr:
+        free = free_indices(e)
+        pattern = self.pattern(e, free)
+        canon = {s: sp.Symbol(f"_c{k}", integer=True) for k, s in enumerate(s for s in pattern if s.is_Symbol)}
+        key = sp.Tuple(e.xreplace(canon), sp.Tuple(*[canon.get(i, i) for i in pattern]))
+        if key not in self.lifted:
+            if name is None or name in self.taken:
+                name = next(n for n in _fresh_names() if n not in self.taken)
+            self.taken.add(name)
+            self.lifted[key] = name
+            self.definitions[name] = Definition(name, pattern, e, "", True)
+        return ref(self.lifted[key], [i.name if i.is_Symbol else int(i) for i in pattern])
+
+
+def _fresh_names():
+    yield from ascii_uppercase
+    k = 1
+    while True:
+        yield from (f"{c}{k}" for c in ascii_uppercase)
+        k += 1
+
+
+def _define_functions(program: CheckedProgram, functions: FunctionTable, builder: _Builder) -> None:
+    for definition in program.functions:
+        builder.param = definition.param
+        functions.define(definition.name, builder.build(definition.body))
+    builder.param = None
+
+
+def build_model(program: CheckedProgram) -> Model:
+    """The sympy model of a checked program, with contractions in nonlinear contexts named."""
+    functions = FunctionTable()
+    builder = _Builder(program, functions)
+    _define_functions(program, functions, builder)
+    for checked in program.statements:
+        st = checked.statement
+        lhs = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in st.indices)
+        expr = builder.lift_all(builder.build(checked.expr), lhs)
+        builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False)
+    for name, d in builder.definitions.items():
+        if d.lifted:
+            builder.definitions[name] = Definition(name, d.indices, d.expr, f"{d.lhs} = {d.expr}", True)
+    uses: dict[str, frozenset[str]] = {}
+    for name, d in builder.definitions.items():
+        direct = tensor_names(d.expr)
+        uses[name] = frozenset(direct).union(*(uses.get(n, frozenset()) for n in direct))
+    return Model(builder.definitions, dict(program.inputs), tuple(program.targets), functions, uses)

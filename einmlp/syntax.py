@@ -1,0 +1,97 @@
+"""The surface language as small immutable records, one per construct.
+
+Grammar (one statement or definition per line; `#` starts a comment; a line break
+inside brackets or parentheses continues the statement)::
+
+    program    := (statement | definition)*
+    definition := NAME '(' NAME ')' '=' expr                # f(x) = x^2
+    statement  := NAME ('[' index (',' index)* ']')? '=' expr
+    index      := NAME | INTEGER
+    expr       := product (('+' | '-') product)*
+    product    := unary (('*' | '/')? unary)*               # juxtaposition multiplies
+    unary      := '-' unary | power
+    power      := atom (('^' | '**') unary)?
+    atom       := NUMBER | NAME '[' index, ... ']' | NAME '(' expr ')'
+                | 'sum' '[' NAME, ... ']' '(' expr ')' | NAME | '(' expr ')'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+Index = str | int  # an index name, or a fixed position on an axis
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    line: int    # 1-based line of the first character
+    column: int  # 1-based column of the first character
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    value: Fraction | float  # exact for integers and decimals, float for exponents
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    name: str                 # tensor, target, scalar or (in a definition) the parameter
+    indices: tuple[Index, ...]  # empty for a scalar
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    function: str  # built-in, defined or abstract elementwise function
+    arg: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BinOp:
+    op: str  # one of + - * / ^
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Neg:
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class SumOver:
+    indices: tuple[str, ...]  # summed explicitly, as in sum[i,j](...)
+    body: "Expr"
+    span: Span
+
+
+Expr = Num | Ref | Call | BinOp | Neg | SumOver
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    name: str
+    indices: tuple[Index, ...]  # left-hand side; an integer declares a size-1 axis
+    expr: Expr
+    span: Span
+    source: str  # the statement's own text, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionDef:
+    name: str
+    param: str
+    body: Expr
+    span: Span
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    statements: tuple[Statement, ...]
+    functions: tuple[FunctionDef, ...]

@@ -1,0 +1,82 @@
+"""Shared fixtures: the article's programs, random arrays, and the gradient oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import einmlp
+
+ROOT = Path(__file__).resolve().parents[1]
+DERIVATIONS = ROOT / "derivations"
+
+ARTICLE_LINEAR = """\
+Yhat[i,0] = X[i,j] W1[j,k] W2[k,0]
+Delta     = (Y[i,0] - Yhat[i,0])^2
+"""
+
+ARTICLE_ACTIVATED = """\
+f1(x) = x^2
+f2(x) = x^3
+A[i,k]    = X[i,j] W1[j,k]
+Yhat[i,0] = f2(f1(A[i,k]) W2[k,0])
+Delta     = (Y[i,0] - Yhat[i,0])^2
+"""
+
+SEED000_BIAS = """\
+H[b,z] = tanh(X[b,d] W1[d,z] + c1[z])
+O[b,k] = H[b,z] W2[z,k] + c2[k]
+L      = (O[b,k] - T[b,k])^2
+"""
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="rewrite derivations/ golden files")
+    parser.addoption("--programs", type=int, default=300, help="random programs for the generator test")
+
+
+@pytest.fixture
+def update_golden(request):
+    return request.config.getoption("--update-golden")
+
+
+def article_arrays(batch: int = 10, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"X": rng.standard_normal((batch, 3)), "W1": 0.5 * rng.standard_normal((3, 4)),
+            "W2": 0.5 * rng.standard_normal((4, 1)), "Y": rng.standard_normal((batch, 1))}
+
+
+def random_arrays(program: einmlp.Program, shapes: dict, seed: int = 0, positive=()) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in program.inputs:
+        shape = shapes.get(name, ())
+        value = rng.standard_normal(shape) * 0.5
+        out[name] = np.abs(value) + 0.5 if name in positive else value
+    return out
+
+
+def autodiff(program: einmlp.Program, of: str, wrt: str, arrays: dict, order: int = 1, functions=None):
+    """The derivative by autograd over the independent reference evaluator."""
+    import autograd
+    from reference import Evaluator
+
+    evaluator = Evaluator(program.checked, functions)
+
+    def f(w):
+        return evaluator.run({**arrays, wrt: w}, of)
+    derivative = autograd.jacobian(f) if order == 1 else autograd.hessian(f)
+    return derivative(np.array(arrays[wrt], dtype=float))
+
+
+def assert_gradient(derivation, arrays: dict, *, rtol: float = 1e-7, functions=None, tolerance: float = 1e-6):
+    """Finite differences and autograd both agree with the compiled derivative."""
+    result = einmlp.check(derivation, arrays, tolerance=tolerance, functions=functions)
+    assert result.ok, str(result)
+    value = derivation.compile(functions)(**arrays)
+    expected = autodiff(derivation.program, derivation.of, derivation.wrt, arrays, derivation.order, functions)
+    expected = np.reshape(expected, np.shape(value))
+    np.testing.assert_allclose(value, expected, rtol=rtol, atol=1e-10 * max(1.0, np.max(np.abs(expected))))
+    return value
