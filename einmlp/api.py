@@ -36,11 +36,15 @@ class Compiled:
         return python_source(self.plan, self.name)
 
     def __call__(self, **arrays):
-        missing = [n for n in self.plan.inputs if n not in arrays]
-        if missing:
-            raise EinmlpError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
-        args = [as_array(n, arrays[n]) for n in self.plan.inputs]
-        key = tuple(a.shape for a in args)
+        try:
+            args = [arrays[n] for n in self.plan.inputs]
+        except KeyError:
+            missing = [n for n in self.plan.inputs if n not in arrays]
+            raise EinmlpError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}") from None
+        for k, a in enumerate(args):
+            if type(a) is not np.ndarray or a.dtype.kind != "f":
+                args[k] = as_array(self.plan.inputs[k], a)
+        key = tuple([a.shape for a in args])
         if key not in self._checked:
             shape_stage.bind_needed(self.model, dict(zip(self.plan.inputs, key)), self._needed)
             self._checked.add(key)

@@ -83,7 +83,9 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     for k, eq in enumerate(plan.equations):
         if eq.comment:
             lines.append(f"    # {eq.comment}")
-        if eq.op == "einsum":
+        if eq.op == "einsum" and eq.code:
+            lines.append(f"    {eq.out} = {eq.code}")
+        elif eq.op == "einsum":
             call = f"oe.contract('{eq.text}', " if standalone else f"_c{k}("
             lines.append(f"    {eq.out} = {call}{', '.join(eq.args)})")
         else:
@@ -101,7 +103,8 @@ def compile_plan(plan: EinsumPlan, name: str = "compute"):
     """The plan as a Python function taking the input arrays positionally."""
     source = python_source(plan, name, standalone=False)
     namespace = dict(RUNTIME)
-    namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations) if eq.op == "einsum"})
+    namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
+                      if eq.op == "einsum" and not eq.code})
     # safe: the source is generated from the checked plan; every name in it is an identifier
     # that the parser accepted (or one of ours), every number is printed from a sympy number.
     exec(compile(source, f"<einmlp {name}>", "exec"), namespace)

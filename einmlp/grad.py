@@ -147,8 +147,8 @@ def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None
     taken = {s.name for d in model.definitions.values() for s in d.expr.atoms(sp.Symbol) if s.is_integer}
     taken |= {s.name for s in of_free if s.is_Symbol} | index_names(of_expr)
     names = Names(taken)
-    wanted = [WRT_NAMES[k] if k < len(WRT_NAMES) else "m" for k in range(model.inputs[wrt])]
-    wrt_indices = [names.fresh(n) for n in wanted]
+    free_names = [n for n in WRT_NAMES if n not in names.taken]
+    wrt_indices = [names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt])]
     names.order.clear()
     wrt_entry = _entry(wrt, wrt_indices)
     chain = _Chain(model, wrt, wrt_entry, names)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 from opt_einsum import get_symbol
@@ -39,6 +39,7 @@ class Equation:
     args: tuple[str, ...]   # einsum operands (for "eval", the text names what it reads)
     text: str               # einsum subscripts, or a numpy expression
     comment: str = ""       # what it computes, in index notation
+    code: str = ""          # for an einsum that is a plain matrix product: the direct numpy
 
     def __str__(self) -> str:
         rhs = f"einsum('{self.text}', {', '.join(self.args)})" if self.op == "einsum" else self.text
@@ -68,8 +69,16 @@ def _letters(indices, letter_of) -> str:
     return "".join(letter_of[i] for i in indices)
 
 
-def align(var: str, indices: tuple, order: list) -> str:
-    """numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None)."""
+def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset()) -> str:
+    """numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
+
+    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`.
+    """
+    if len(indices) == len(order) and all(i == o or (i.is_Integer and o not in indices)
+                                          for i, o in zip(indices, order)):
+        if all(i.is_Symbol or p in size1 for p, i in enumerate(indices)):
+            return var
+        return var + "[" + ", ".join(f"{i}:{i + 1}" if i.is_Integer else ":" for i in indices) + "]"
     code = var
     if any(i.is_Integer for i in indices):
         code += "[" + ", ".join(str(i) if i.is_Integer else ":" for i in indices) + "]"
@@ -101,12 +110,13 @@ def inline_definitions(expr: sp.Expr) -> sp.Expr:
 class _Printer:
     """numpy source for an elementwise sympy expression laid out over `order`."""
 
-    def __init__(self, order: list, size_of, var_of):
-        self.order, self.size_of, self.var_of = order, size_of, var_of
+    def __init__(self, order: list, size_of, var_of, size1_of=lambda name: frozenset()):
+        self.order, self.size_of, self.var_of, self.size1_of = order, size_of, var_of, size1_of
 
     def p(self, e: sp.Expr) -> str:
         if isinstance(e, sp.Indexed):
-            return align(self.var_of(e.base.label.name), e.indices, self.order)
+            name = e.base.label.name
+            return align(self.var_of(name), e.indices, self.order, self.size1_of(name))
         if isinstance(e, Extent):
             return f"{self.var_of(e.name)}.shape[{e.axis}]"
         if e.is_Symbol:
@@ -185,6 +195,32 @@ class _Printer:
         return f"_equal({axis(a)}, {axis(b)})"
 
 
+def _matmul(a: tuple, b: tuple, out: tuple) -> str:
+    """numpy `@` source for a two-operand einsum that is one matrix product, else ""."""
+    (va, ia), (vb, ib) = a, b
+    shared = [i for i in ia if i in ib]
+    rows, cols = [i for i in ia if i not in shared], [i for i in ib if i not in shared]
+    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(shared) != 1 or len(rows) > 1 or len(cols) > 1:
+        return ""
+    if any(i in out for i in shared) or set(rows + cols) != set(out):
+        return ""
+    if list(out) != rows + cols:
+        (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
+    left = va if list(ia) == rows + shared else f"{va}.T"
+    right = vb if list(ib) == shared + cols else f"{vb}.T"
+    return f"{left} @ {right}"
+
+
+_SLOTS: list[sp.Symbol] = []
+
+
+def _slot(position: int) -> sp.Symbol:
+    """A placeholder for the length-1 axis at `position` of a left-hand side like `C[i,0]`."""
+    while len(_SLOTS) <= position:
+        _SLOTS.append(sp.Symbol(f"_slot{len(_SLOTS)}", integer=True))
+    return _SLOTS[position]
+
+
 class Lowerer:
     """Builds one plan for one or more outputs, sharing every equation it can."""
 
@@ -196,6 +232,11 @@ class Lowerer:
         self.inputs: dict[str, None] = {}
         self.abstract: dict[str, None] = {}
         self.count = 0
+
+    def size1_of(self, name: str) -> frozenset:
+        """Axes of `name` declared with length 1 (a 0 on its left-hand side)."""
+        d = self.model.definitions.get(name)
+        return frozenset(a for a, i in enumerate(d.indices) if i.is_Integer) if d else frozenset()
 
     def temp(self) -> str:
         self.count += 1
@@ -228,26 +269,25 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
-        order = [i for i in form.free if i.is_Symbol]
+        layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
         sizes = dict(bindings)
         for t in form.terms:
             sizes.update({k: v for k, v in self._bindings(t).items() if k not in sizes})
-        size_of = lambda i: f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
+
+        def size_of(i):
+            return "1" if i in _SLOTS else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
         parts, complete = [], True
         for term in form.terms:
-            var, indices, coeff = self.term(term, order, size_of)
-            complete &= list(indices) == order
-            part = align(var, indices, order) if var else ""
+            var, indices, coeff = self.term(term, layout, size_of)
+            complete &= set(indices) | set(_SLOTS) >= set(layout) and bool(var)
+            part = align(var, indices, layout) if var else ""
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
-        shape = "(" + "".join(f"{size_of(i)}, " for i in order) + ")"
         if not complete or not parts:
-            code = f"_full({shape}, {code})"
-        if any(i.is_Integer for i in form.free):
-            code = f"({code})[" + ", ".join("None" if i.is_Integer else ":" for i in form.free) + "]"
+            code = f"_full(({''.join(f'{size_of(i)}, ' for i in layout)}), {code})"
         last = self.equations[-1] if self.equations else None
         if last is not None and code == last.out and last.out.startswith("_t"):
-            self.equations[-1] = Equation(out, last.op, last.args, last.text, comment)  # name it directly
+            self.equations[-1] = replace(last, out=out, comment=comment)  # name it directly
             self.cache = {k: (out if v == code else v) for k, v in self.cache.items()}
             return out
         self.equations.append(Equation(out, "eval", (), code, comment))
@@ -267,7 +307,7 @@ class Lowerer:
     def term(self, term: Term, order: list, size_of) -> tuple[str | None, tuple, str]:
         """Lower one term; returns (variable, its axes, scalar coefficient source)."""
         printer = _Printer(order, size_of, self.var_of)
-        coeff_parts = [] if term.coeff == 1 else [printer.atom(term.coeff)]
+        coeff_parts = []
         groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
         plain: list[sp.Indexed] = []
         for f in term.factors:
@@ -293,20 +333,50 @@ class Lowerer:
         operands = [(variable(p.base.label.name), tuple(p.indices)) for p in plain]
         for p in plain:
             self.need(p.base.label.name)
+        number = term.coeff
+        symbols = {i for i in order if i not in _SLOTS}
         for indices, members in fused:
-            local = [i for f in members for i in free_indices(f)]
-            local = list(dict.fromkeys(local))
-            inner = _Printer(local, size_of, self.var_of)
-            members.sort(key=lambda f: len(free_indices(f)))
-            code = "*".join(inner.atom(f) for f in members)
-            operands.append((self.emit(code, " * ".join(map(str, members))), tuple(local)))
+            c, var, local = self.fuse(members, size_of, order if indices == symbols else None)
+            number *= c
+            operands.append((var, local))
+        if number != 1:
+            coeff_parts.insert(0, printer.atom(number))
         coeff = "*".join(coeff_parts)
         if not operands:
             return None, (), coeff or "1.0"
-        out_indices = tuple(i for i in order if any(i in ix for _, ix in operands))
-        if len(operands) == 1 and set(operands[0][1]) == set(out_indices):
+        out_indices = tuple(i for i in order if any(i in ix for _, ix in operands) and i not in _SLOTS)
+        if len(operands) == 1 and set(operands[0][1]) - set(_SLOTS) == set(out_indices):
             return operands[0][0], operands[0][1], coeff
         return self.einsum(operands, out_indices), out_indices, coeff
+
+    def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
+        """One elementwise equation for a group of factors; returns (constant, variable, axes).
+
+        Numeric constants come out (they scale the smaller result instead), and factors
+        over fewer indices are multiplied first, so `Ytilde * f2'(C)` is formed over the batch
+        before it is broadcast against `f1'(A)`.
+        """
+        number, by_set = sp.S.One, {}
+        for member in members:
+            c, rest = inline_definitions(member).as_coeff_Mul()
+            number *= c
+            for f in sp.Mul.make_args(rest):
+                if f != 1:
+                    by_set.setdefault(frozenset(free_indices(f)), []).append(f)
+        widest = max(members, key=lambda f: len(free_indices(f)))
+        local = layout or list(dict.fromkeys(list(free_indices(widest)) + [i for f in members for i in free_indices(f)]))
+        parts = []
+        printer = _Printer(local, size_of, self.var_of, self.size1_of)
+        codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
+        codes = {key: f"({c})" if len(by_set[key]) > 1 else c for key, c in codes.items()}
+        column, row = frozenset(local[:1]), frozenset(local[1:])
+        if len(local) == 2 and column in codes and row in codes:  # an outer product: BLAS, not broadcasting
+            outer = f"{codes.pop(column)} @ {codes.pop(row)}"
+            full = frozenset(local)
+            codes[full] = f"({outer})*{codes[full]}" if full in codes else (f"({outer})" if codes else outer)
+        parts = [codes[key] for key in sorted(codes, key=len)]
+        code = "*".join(parts) if parts else "1.0"
+        return number, self.emit(code, " * ".join(map(str, members))), tuple(local)
 
     def einsum(self, operands, out_indices) -> str:
         letter: dict = {}
@@ -318,7 +388,8 @@ class Lowerer:
         if key in self.cache:
             return self.cache[key]
         var = self.temp()
-        self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts))
+        direct = _matmul(operands[0], operands[1], out_indices) if len(operands) == 2 else ""
+        self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts, code=direct))
         self.cache[key] = var
         return var
 

@@ -24,7 +24,8 @@ class _IndexPrinter(StrPrinter):
         return f"N_{expr.label}"
 
     def _print_Partial(self, expr):
-        return f"d{self._print(expr.args[0])}/d{self._print(expr.args[1])}"
+        of = self._print(expr.args[0])
+        return f"d{'(' + of + ')' if '/' in of else of}/d{self._print(expr.args[1])}"
 
     def _print_Leaf(self, expr):
         return expr.name + (".T" if expr.transposed else "") + ("[:, None]" if expr.column else "")
