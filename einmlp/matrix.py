@@ -57,6 +57,7 @@ class Node:
     expr: sp.Expr | None = None    # for elem: the factor with its tensors as Leafs
     name: str | None = None        # a piece's name, once named
     axis: int = 0
+    flat: bool = False             # a 1-D array in numpy: an outer product needs outer()
 
     def transpose(self) -> "Node":
         if self.kind == "sum":  # a reduction is a vector: numpy does not tell rows from columns
@@ -65,7 +66,7 @@ class Node:
             [p.transpose() for p in self.parts]
         expr = None if self.expr is None else self.expr.replace(
             lambda e: isinstance(e, Leaf), lambda e: Leaf(e.name, not e.transposed, e.column))
-        return Node(self.kind, self.cols, self.rows, parts, expr, self.name, 1 - self.axis)
+        return Node(self.kind, self.cols, self.rows, parts, expr, self.name, 1 - self.axis, self.flat)
 
     def labels(self) -> set:
         return {self.rows, self.cols} - {ONE}
@@ -88,6 +89,9 @@ def render(node: Node, latex=None) -> str:
         return latex(node.expr) if latex else index_str(node.expr)
     sub = [_wrap(p, render(p, latex)) for p in node.parts]
     if node.kind == "matmul":
+        left, right = node.parts[0], node.parts[-1]
+        if not latex and len(sub) == 2 and left.cols == ONE and right.rows == ONE and (left.flat or right.flat):
+            return f"outer({render(left)}, {render(right)})".replace(".T,", ",").replace(".T)", ")")
         return (r" \cdot " if latex else " @ ").join(sub)
     if node.kind == "hadamard":
         return (r" \odot " if latex else " * ").join(sub)
@@ -139,7 +143,8 @@ def _node(factor: sp.Expr, size1: dict) -> Node | None:
     if expr is None:
         return None
     kind = "leaf" if isinstance(expr, Leaf) else "elem"
-    return Node(kind, rows, cols, expr=expr)
+    flat = len(labels) == 1 and all(len(e.indices) == 1 for e in entries)
+    return Node(kind, rows, cols, expr=expr, flat=flat)
 
 
 def _chain(left: Node, right: Node) -> Node:
@@ -170,7 +175,7 @@ class _Builder:
                     turned = self.oriented(q, p.rows) if p.rows != p.cols else q
                     parts = (p.parts if p.kind == "hadamard" else [p]) + [turned]
                     parts.sort(key=lambda n: n.kind not in ("matmul", "hadamard", "sum"))
-                    return self.replace([p, q], Node("hadamard", p.rows, p.cols, parts))
+                    return self.replace([p, q], Node("hadamard", p.rows, p.cols, parts, flat=p.flat and q.flat))
         return False
 
     def outer(self, final: bool) -> bool:

@@ -9,7 +9,8 @@ from fractions import Fraction
 from .errors import ParseError
 from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Span, Statement, SumOver
 
-MAX_NESTING = 100
+MAX_NESTING = 100  # parentheses, calls and unary minus inside one another
+MAX_DEPTH = 250    # depth of the resulting tree: long chains like a+b+c+... count too
 
 _TOKEN = re.compile(
     r"(?P<space>[ \t\r]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n|;)"
@@ -104,6 +105,10 @@ class _Parser:
             if self.tok.kind != "newline":
                 raise self.error(f"expected end of line, found {_describe(self.tok)}")
             source = self.source_of(start)
+            body = item.body if isinstance(item, FunctionDef) else item.expr
+            if _depth(body) > MAX_DEPTH:
+                raise self.error(f"expression nested more than {MAX_DEPTH} levels deep; split it into "
+                                 "intermediate statements", self.tokens[start].span)
             if isinstance(item, FunctionDef):
                 functions.append(FunctionDef(item.name, item.param, item.body, item.span, source))
             else:
@@ -234,6 +239,23 @@ class _Parser:
         body = self.expr()
         self.expect(")", "')' closing sum[...](")
         return SumOver(tuple(indices), body, token.span)
+
+
+def _depth(expr: Expr) -> int:
+    """Depth of a syntax tree, without recursion."""
+    deepest, stack = 0, [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, BinOp):
+            stack += [(node.left, depth + 1), (node.right, depth + 1)]
+        elif isinstance(node, (Neg,)):
+            stack.append((node.operand, depth + 1))
+        elif isinstance(node, Call):
+            stack.append((node.arg, depth + 1))
+        elif isinstance(node, SumOver):
+            stack.append((node.body, depth + 1))
+    return deepest
 
 
 def _number(text: str) -> Fraction | float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import IndexNotationError, UnknownNameError
+from .errors import IndexNotationError, ParseError, UnknownNameError
 from .functions import BUILTINS
 from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Statement, SumOver
 
@@ -248,5 +248,5 @@ def check_program(program: Program) -> CheckedProgram:
         checked.append(check_statement(statement))
         targets[statement.name] = len(statement.indices)
     if not checked:
-        raise UnknownNameError("the program has no statements")
+        raise ParseError("the program has no statements")
     return CheckedProgram(tuple(checked), program.functions, inputs, targets)

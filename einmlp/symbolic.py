@@ -62,7 +62,6 @@ class ESum(sp.Expr):
     is_commutative = True
 
     def __new__(cls, body, indices, extents):
-        body = sp.sympify(body)  # safe: only ever called on sympy objects built by einmlp
         if body == 0:
             return sp.S.Zero
         if not indices:

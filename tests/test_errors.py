@@ -1,0 +1,138 @@
+"""Bad input: the error class and the word its message must contain, never a bare exception."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import einmlp
+from einmlp import EinmlpError, IndexNotationError, ParseError, ShapeError, UnknownNameError
+
+BAD_SOURCES = [
+    # syntax
+    ("A[i = X[i]", ParseError, "expected"),
+    ("A[i] = X[i] +", ParseError, "expected a number"),
+    ("A[i] = X[i] $ 2", ParseError, "unexpected character"),
+    ("= X[i]", ParseError, "expected a statement"),
+    ("A[i] = sum[i] X[i]", ParseError, "expected '('"),
+    ("A[-1] = X[1]", ParseError, "index name"),
+    ("A[1.5] = x", ParseError, "index name"),
+    ("A[i] = f(X[i], Y[i])", ParseError, "one argument"),
+    ("A[i] = X[i] Y[i", ParseError, "expected"),
+    ("A = " + "(" * 500 + "x" + ")" * 500, ParseError, "nested"),
+    ("A = " + "-" * 500 + "x", ParseError, "nested"),
+    ("A = " + "x ^ " * 300 + "x", ParseError, "nested"),
+    ("A = " + " + ".join(["x"] * 3000), ParseError, "split it"),
+    ("A = " + " ".join(["x"] * 3000), ParseError, "split it"),
+    ("", ParseError, "no statements"),
+    ("# only a comment\n", ParseError, "no statements"),
+    ("A = __import__('os').system('true')", ParseError, "unexpected character"),
+    ("A = x[i]; B", ParseError, "expected '='"),
+    # summation
+    ("A[i,k] = X[i,j] W[j,k] + V[j,k]", IndexNotationError, "sum[j]"),
+    ("A[i] = x[i] + y[j]", IndexNotationError, "cannot be added"),
+    ("A[i,i] = X[i,i]", IndexNotationError, "repeats"),
+    ("A[k] = x[i]", IndexNotationError, "never occurs"),
+    ("A[i] = X[i] X[i,j]", IndexNotationError, "indices"),
+    ("A[i,1] = x[i]", IndexNotationError, "size-1"),
+    ("A[i] = sum[i](x[i])", IndexNotationError, "left-hand side"),
+    ("L = sum[j](x[i])", IndexNotationError, "does not occur"),
+    ("L = sum[i,i](X[i,i])", IndexNotationError, "twice"),
+    ("f(x) = sum[i](x)\nL = f(y)", IndexNotationError, "elementwise"),
+    ("L = X[i,i] + X[i,j] X[j,i]", IndexNotationError, "ambiguous"),
+    # names
+    ("A = x\nA = y", UnknownNameError, "assigned twice"),
+    ("B = A\nA = x", UnknownNameError, "before it is assigned"),
+    ("A[i] = A[i] x[i]", UnknownNameError, "before it is assigned"),
+    ("exp(x) = x\nL = exp(y)", UnknownNameError, "built-in"),
+    ("f(x) = y\nL = f(z)", UnknownNameError, "may only use"),
+    ("f(x) = f(x)\nL = f(z)", UnknownNameError, "calls itself"),
+    ("f(x) = x\nf(x) = 2 x\nL = f(z)", UnknownNameError, "defined twice"),
+    ("A[i] = tanh[i]", UnknownNameError, "is a function"),
+    ("A = x\nB = A(x)", UnknownNameError, "is a tensor"),
+    ("tanh = x", UnknownNameError, "is a function"),
+]
+
+
+@pytest.mark.parametrize("source, error, word", BAD_SOURCES)
+def test_bad_source(source, error, word):
+    with pytest.raises(error) as info:
+        einmlp.parse(source)
+    assert word in str(info.value)
+    assert isinstance(info.value, EinmlpError)
+
+
+def test_parse_error_has_line_column_and_caret():
+    with pytest.raises(ParseError) as info:
+        einmlp.parse("A[i] = X[i]\nB[i] = X[i] $ A[i]")
+    e = info.value
+    assert (e.line, e.column) == (2, 13)
+    assert str(e).splitlines()[-1].index("^") == 4 + 12
+
+
+BAD_CALLS = [
+    (lambda p: p.grad("A"), UnknownNameError, "not an input"),
+    (lambda p: p.grad("x", of="Z"), UnknownNameError, "not a target"),
+    (lambda p: p.grad("nope"), UnknownNameError, "inputs: x, W"),
+    (lambda p: p.grad([]), EinmlpError, "at least one"),
+    (lambda p: p.compile(of="x"), UnknownNameError, "not a target"),
+]
+
+
+@pytest.mark.parametrize("call, error, word", BAD_CALLS)
+def test_bad_api_call(call, error, word):
+    prog = einmlp.parse("A[i] = x[j] W[j,i]\nL = A[i] A[i]")
+    with pytest.raises(error) as info:
+        call(prog)
+    assert word in str(info.value)
+
+
+def test_shape_error_names_index_tensors_axes_and_lengths():
+    """The article's np.dot(B, A) mistake: B is (3,4), A is (2,3)."""
+    fn = einmlp.parse("C[i,k] = B[i,j] A[j,k]").compile()
+    with pytest.raises(ShapeError) as info:
+        fn(B=np.ones((3, 4)), A=np.ones((2, 3)))
+    message = str(info.value)
+    for word in ["index j", "B axis 1", "length 4", "A axis 0", "length 2"]:
+        assert word in message
+
+
+BAD_ARRAYS = [
+    ({"X": np.ones((2, 3, 1)), "W": np.ones((3, 4))}, "shape (2, 3, 1)"),
+    ({"X": np.ones((2, 3))}, "needs array W"),
+    ({"X": np.ones((2, 3)), "W": np.ones((2, 4))}, "index j"),
+    ({"X": np.array([["a", "b"]]), "W": np.ones((2, 4))}, "dtype"),
+]
+
+
+@pytest.mark.parametrize("arrays, word", BAD_ARRAYS)
+def test_bad_arrays(arrays, word):
+    fn = einmlp.parse("A[i,k] = X[i,j] W[j,k]").compile()
+    with pytest.raises(EinmlpError) as info:
+        fn(**arrays)
+    assert word in str(info.value)
+
+
+def test_fixed_index_out_of_range():
+    fn = einmlp.parse("A[i] = X[i,3]").compile()
+    with pytest.raises(ShapeError, match="out of range"):
+        fn(X=np.ones((2, 2)))
+
+
+def test_abstract_function_must_be_supplied():
+    d = einmlp.parse("L = g(x[i])").grad("x")
+    assert d.index_form == "g'(x[m])"
+    with pytest.raises(EinmlpError, match="abstract"):
+        d.compile()
+    fn = d.compile(functions={"g'": np.cos})
+    np.testing.assert_allclose(fn(x=np.zeros(3)), np.ones(3))
+
+
+def test_library_never_evaluates_user_text():
+    """No module hands text to eval/exec/sympify; the one exec compiles generated code."""
+    from pathlib import Path
+    import re
+    for path in Path(einmlp.__file__).parent.glob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"(^|[^_.a-zA-Z])(eval|exec)\(|sympify\(|parse_expr\(", line):
+                assert path.name == "codegen.py" and "exec(compile(source" in line, f"{path.name}:{number}"
