@@ -72,7 +72,7 @@ def test_matrix_form_evaluates_to_the_gradient(source, wrt, of, expected):
     prog = einmlp.parse(source)
     rng = np.random.default_rng(0)
     shapes = {"X": (5, 3), "W1": (3, 4), "c1": (4,), "W2": (4, 2), "c2": (2,), "T": (5, 2), "x": (3,),
-              "A": (3, 3), "a": (5,), "b": (3,), "y": (5,), "w": (3,)}
+              "A": (3, 3), "a": (5,), "b": (3,), "y": (5,), "w": (3,), "Y": (3, 4), "Z": (4, 5)}
     if "a[i,0]" in source:
         shapes.update(a=(5, 1), b=(3, 1))
     arrays = {n: rng.standard_normal(shapes[n]) for n in prog.inputs}
