@@ -48,7 +48,7 @@ def _derivation(args):
 
 def text_report(d) -> str:
     """Steps, index form, matrix form and einsum plan: what `derive --format text` prints."""
-    lines = [f"# {d.label} for {d.program.name}", ""]
+    lines = [f"# {d.label} for {Path(d.program.name).name}", ""]
     for step in d.steps:
         lines += [step.text, ""]
     lines += [f"index form:  {d.label}[{','.join(map(str, d.free))}] = {d.index_form}",

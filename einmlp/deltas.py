@@ -180,9 +180,11 @@ def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:
 
 def _combine(a: Term, b: Term) -> Term | None:
     """a + b as one term when they differ only in the factors over one index set."""
-    for skip in set(_groups(a)) | {frozenset()}:
+    def keys(term):  # in a fixed order, whatever the hash seed
+        return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
+    for skip in keys(a):
         ka = _canonical(a, skip)
-        for skip_b in set(_groups(b)) | {frozenset()}:
+        for skip_b in keys(b):
             kb = _canonical(b, skip_b)
             if ka[:3] != kb[:3]:
                 continue

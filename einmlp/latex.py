@@ -91,7 +91,7 @@ class IndexLatexPrinter(LatexPrinter):
 
     def _print_Leaf(self, expr):
         name = display(expr.name)
-        return ("{" + name + r"}^{\top}" if "^" in name else name + r"^{\top}") if expr.transposed else name
+        return "{{" + name + r"}^{\top}}" if expr.transposed else name
 
     def _print_Function(self, expr, exp=None):
         name = type(expr).__name__

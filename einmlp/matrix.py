@@ -212,7 +212,7 @@ class _Builder:
         return False
 
     def diag(self) -> bool:
-        for x in self.summed:
+        for x in sorted(self.summed, key=lambda s: s.name):
             users = self.count(x)
             vectors = [n for n in users if n.labels() == {x}]
             if len(users) == 3 and len(vectors) == 1:
@@ -228,7 +228,7 @@ class _Builder:
         return False
 
     def reduce(self) -> bool:
-        for x in self.summed:
+        for x in sorted(self.summed, key=lambda s: s.name):
             users = self.count(x)
             if len(users) == 1 and ONE not in (users[0].rows, users[0].cols) or (len(users) == 1 and users[0].labels() == {x}):
                 p = users[0]

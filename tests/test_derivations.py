@@ -1,0 +1,92 @@
+"""Every derivations/*.ein is a test case: golden text and LaTeX, pdflatex, finite differences.
+
+Regenerate the golden files after a deliberate change (and read their diff):
+
+    python -m pytest tests/test_derivations.py --update-golden
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DERIVATIONS, assert_gradient
+
+import einmlp
+from einmlp.cli import text_report
+
+
+def directives(path: Path) -> dict:
+    """The `# derive:`, `# hessian:` and `# shapes:` comment lines of a .ein file."""
+    text = path.read_text()
+    found = {key: re.search(rf"^# {key}:(.*)$", text, re.M) for key in ("derive", "hessian", "shapes")}
+    wrt = [w.strip() for w in found["derive"].group(1).split(",")] if found["derive"] else []
+    hessian = [w.strip() for w in found["hessian"].group(1).split(",")] if found["hessian"] else []
+    shapes = {}
+    for item in (found["shapes"].group(1).split() if found["shapes"] else []):
+        name, dims = item.split("=")
+        shapes[name] = tuple(int(d) for d in dims.split(",") if d)
+    return {"derive": wrt, "hessian": hessian, "shapes": shapes}
+
+
+def cases():
+    for path in sorted(DERIVATIONS.glob("*.ein")):
+        d = directives(path)
+        assert d["derive"], f"{path.name} needs a '# derive: W, ...' line"
+        for wrt in d["derive"]:
+            yield pytest.param(path, wrt, False, id=f"{path.stem}.{wrt}")
+        for wrt in d["hessian"]:
+            yield pytest.param(path, wrt, True, id=f"{path.stem}.hessian-{wrt}")
+
+
+def derivation(path: Path, wrt: str, hessian: bool):
+    prog = einmlp.load(path)
+    return prog.hessian(wrt) if hessian else prog.grad(wrt)
+
+
+def golden(path: Path, wrt: str, hessian: bool, suffix: str) -> Path:
+    return path.with_name(f"{path.stem}.{'hessian-' if hessian else ''}{wrt}{suffix}")
+
+
+@pytest.mark.parametrize("path, wrt, hessian", list(cases()))
+def test_golden_text_and_latex(path, wrt, hessian, update_golden):
+    """The derived text and LaTeX equal the files beside the .ein (a stale file fails)."""
+    d = derivation(path, wrt, hessian)
+    outputs = {golden(path, wrt, hessian, ".txt"): text_report(d), golden(path, wrt, hessian, ".tex"): d.latex(document=True)}
+    for file, text in outputs.items():
+        if update_golden:
+            file.write_text(text)
+        assert file.exists(), f"{file.name} is missing: run pytest tests/test_derivations.py --update-golden"
+        assert file.read_text() == text, f"{file.name} is stale: run pytest tests/test_derivations.py --update-golden"
+
+
+@pytest.mark.parametrize("path, wrt, hessian", list(cases()))
+def test_latex_compiles_with_pdflatex(path, wrt, hessian, tmp_path):
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (Debian: texlive-latex-base)")
+    tex = tmp_path / "derivation.tex"
+    tex.write_text(derivation(path, wrt, hessian).latex(document=True))
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert (tmp_path / "derivation.pdf").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("path, wrt, hessian", list(cases()))
+def test_compiled_derivative_is_right(path, wrt, hessian):
+    """Finite differences and autograd agree with the compiled derivative."""
+    d = derivation(path, wrt, hessian)
+    shapes = directives(path)["shapes"]
+    rng = np.random.default_rng(7)
+    arrays = {name: rng.standard_normal(shapes[name]) * 0.5 for name in d.program.inputs}
+    if "y" in arrays and "logistic" in path.name:
+        arrays["y"] = (rng.random(shapes["y"]) > 0.5).astype(float)
+    if "T" in arrays and "softmax" in path.name:
+        arrays["T"] = np.eye(shapes["T"][1])[rng.integers(0, shapes["T"][1], shapes["T"][0])]
+    value = assert_gradient(d, arrays)
+    expected_shape = arrays[wrt].shape * (2 if hessian else 1)
+    assert value.shape == expected_shape
