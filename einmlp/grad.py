@@ -32,13 +32,15 @@ class Step:
     expr: sp.Expr | str
     renames: tuple[tuple[str, str], ...] = ()  # index renames made by contracting deltas
     latex_expr: str | None = None              # LaTeX of a matrix-form `expr`
+    subject: str = ""                          # a tensor named after the title
 
     @property
     def text(self) -> str:
         from .render import index_str
         rhs = self.expr if isinstance(self.expr, str) else index_str(self.expr)
         lhs = self.lhs if isinstance(self.lhs, str) else index_str(self.lhs)
-        title = self.title + (" (" + ", ".join(f"{a}->{b}" for a, b in self.renames) + ")" if self.renames else "")
+        title = self.title + (f" {self.subject}" if self.subject else "")
+        title += " (" + ", ".join(f"{a}->{b}" for a, b in self.renames) + ")" if self.renames else ""
         return f"{title}:\n    {lhs} = {rhs}"
 
     def __str__(self) -> str:
@@ -128,7 +130,7 @@ class _Chain:
             rhs = self.definition_at(entry)
             link = self.local(rhs)
             name = entry.base.label.name if isinstance(entry, sp.Indexed) else entry.name
-            self.steps.append(Step(f"Link through {name}", partial, link))
+            self.steps.append(Step("Link through", partial, link, subject=name))
             expr = expr.xreplace({partial: self.expand(link)})
         return expr
 

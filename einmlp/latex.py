@@ -113,7 +113,7 @@ def to_latex(expr) -> str:
 
 
 def _title(step) -> str:
-    text = escape(step.title)
+    text = escape(step.title) + (f" ${display(step.subject)}$" if step.subject else "")
     if step.renames:
         text += ": " + ", ".join(f"${display_index(a)} \\to {display_index(b)}$" for a, b in step.renames)
     return text
@@ -124,19 +124,23 @@ def steps_latex(steps) -> str:
     rows = []
     for step in steps:
         rhs = step.latex_expr if step.latex_expr is not None else to_latex(step.expr)
-        rows.append(rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + f"{to_latex(step.lhs)} &= {rhs}")
+        lhs = display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
+        rows.append(rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + f"{lhs} &= {rhs}")
     return " \\\\\n".join(rows)
 
 
 def document(title: str, body: str, intro: str = "") -> str:
-    """A whole LaTeX document around an align* body; compiles with texlive-latex-base."""
+    """A whole LaTeX document around an align* body; compiles with texlive-latex-base.
+
+    `title` is LaTeX (math allowed).
+    """
     return "\n".join([
         r"\documentclass[11pt]{article}",
         r"\usepackage{amsmath}",
         r"\allowdisplaybreaks",
         r"\setlength{\textwidth}{16cm}\setlength{\oddsidemargin}{0cm}",
         r"\begin{document}",
-        r"\section*{" + escape(title) + "}",
+        r"\section*{" + title + "}",
         intro,
         r"\begin{align*}",
         body,
@@ -152,7 +156,9 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
         return body
     intro = ("Repeated indices are summed (Einstein notation). The program:\n"
              + r"\[" + program_latex(derivation.program) + r"\]")
-    return document(derivation.label, body, intro)
+    from pathlib import Path
+    title = "$" + to_latex(derivation.raw.steps[0].lhs) + "$ for " + escape(Path(derivation.program.name).name)
+    return document(title, body, intro)
 
 
 def program_latex(program) -> str:

@@ -280,10 +280,10 @@ class MatrixForm:
         if not self.exists:
             return [Step("No matrix form (" + self.note + "); in einsum notation", lhs, self.text)]
         out = [Step("Order the factors as matrix products, with transposes", lhs, self.transposed_text(),
-                    latex_expr=to_latex(self.transposed_text()))]
+                    latex_expr=self.transposed_text(to_latex))]
         for name, node in self.pieces:
             node.name = None
-            out.append(Step(f"Name the piece {name}", name, render(node), latex_expr=render(node, to_latex)))
+            out.append(Step("Name the piece", name, render(node), latex_expr=render(node, to_latex), subject=name))
             node.name = name
         if self.pieces:
             out.append(Step("Matrix form with the named pieces", lhs, self.named_text(),
@@ -291,14 +291,16 @@ class MatrixForm:
         out.append(Step("Matrix form", lhs, self.text, latex_expr=self.latex()))
         return out
 
-    def transposed_text(self) -> str:
+    def transposed_text(self, latex=None) -> str:
         """The index form with each factor written as the matrix it becomes, in product order."""
         terms = []
         for coeff, tree in self.trees:
             saved = _unname(tree)
-            factors = [_entry_text(leaf) for leaf in _leaves(tree)]
+            factors = [_entry_text(leaf, latex) for leaf in _leaves(tree)]
             _rename(saved)
-            terms.append(_coeff_text(coeff).replace(" * ", " ") + " ".join(factors))
+            c = (latex(coeff) + r"\," if coeff not in (1, -1) else "-" * (coeff == -1)) if latex \
+                else _coeff_text(coeff).replace(" * ", " ")
+            terms.append(c + (r"\, " if latex else " ").join(factors))
         return " + ".join(terms).replace("+ -", "- ")
 
 
@@ -306,8 +308,13 @@ def _label(symbol) -> str:
     return "0" if symbol == ONE else str(symbol)
 
 
-def _entry_text(leaf: Node) -> str:
-    text = render(leaf)
+def _entry_text(leaf: Node, latex=None) -> str:
+    text = render(leaf, latex)
+    if latex:
+        from .latex import display_index
+        rows, cols = (display_index(_label(i)) for i in (leaf.rows, leaf.cols))
+        return rf"\left({text}\right)_{{{rows},{cols}}}" if leaf.kind != "leaf" or "top" in text \
+            else f"{text}_{{{rows},{cols}}}"
     text = f"({text})" if text.endswith(".T") else text
     return f"{text}[{_label(leaf.rows)},{_label(leaf.cols)}]"
 
