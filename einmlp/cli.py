@@ -75,7 +75,11 @@ def _pdf(d, output: str | None) -> bytes:
 def derive(args) -> int:
     d = _derivation(args)
     if args.format == "pdf":
-        Path(args.output).write_bytes(_pdf(d, args.output) if args.output else _pdf(d, None))
+        pdf = _pdf(d, args.output)
+        try:
+            Path(args.output).write_bytes(pdf)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
         return 0
     out = {"text": lambda: text_report(d), "latex": lambda: d.latex(document=True),
            "matrix": lambda: d.matrix_form + "\n", "einsum": lambda: str(d.plan) + "\n",

@@ -72,10 +72,10 @@ class IndexLatexPrinter(LatexPrinter):
 
     def _print_Indexed(self, expr):
         indices = ",".join(self._print(i) for i in expr.indices)
-        return f"{display(expr.base.label.name)}_{{{indices}}}"
+        return f"{{{display(expr.base.label.name)}_{{{indices}}}}}"
 
     def _print_Symbol(self, expr, style="plain"):
-        return display_index(expr.name) if expr.is_integer else display(expr.name)
+        return display_index(expr.name) if expr.is_integer else "{" + display(expr.name) + "}"
 
     def _print_KroneckerDelta(self, expr, exp=None):
         return rf"\delta_{{{self._print(expr.args[0])},{self._print(expr.args[1])}}}"

@@ -1,0 +1,49 @@
+"""LaTeX: display names, and documents that a real pdflatex compiles."""
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import ARTICLE_ACTIVATED
+
+import einmlp
+from einmlp.latex import display, display_function, display_index
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Delta", r"\Delta"), ("Yhat", r"\hat{Y}"), ("Ytilde", r"\widetilde{Y}"), ("W1", "W^{(1)}"),
+    ("W12", "W^{(12)}"), ("X", "X"), ("loss", r"\mathrm{loss}"), ("Yhat2", r"\hat{Y}^{(2)}"),
+    ("x_in", r"\mathrm{x\_in}"),
+])
+def test_display_names(name, expected):
+    assert display(name) == expected
+
+
+def test_index_and_function_names():
+    assert display_index("mu") == r"\mu" and display_index("k2") == "k_{2}"
+    assert display_function("f2'") == "f_{2}'" and display_function("tanh") == r"\tanh"
+
+
+def test_align_body_and_document():
+    d = einmlp.parse(ARTICLE_ACTIVATED).grad("W1")
+    body = d.latex()
+    assert r"\intertext" in body and r"\widetilde{Y}" in body and "W^{(1)}" in body
+    assert r"\begin{align*}" in d._repr_latex_()
+    doc = d.latex(document=True)
+    assert doc.startswith(r"\documentclass") and doc.rstrip().endswith(r"\end{document}")
+    assert einmlp.parse(ARTICLE_ACTIVATED)._repr_latex_().startswith("$$")
+
+
+@pytest.mark.parametrize("source, wrt", [
+    (ARTICLE_ACTIVATED, "W1"),
+    ("L = T[i,j,k] a[i] b[j] c[k]", "T"),                       # no matrix form
+    ("P[b,k] = exp(z[b,k]) / sum[j](exp(z[b,j]))\nL = -Y[b,k] log(P[b,k])", "z"),
+    ("x_in2[i] = relu(u[i])\nL = x_in2[i] x_in2[i]", "u"),     # names that need escaping
+])
+def test_documents_compile(source, wrt, tmp_path):
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (Debian: texlive-latex-base)")
+    (tmp_path / "d.tex").write_text(einmlp.parse(source).grad(wrt).latex(document=True))
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-1500:]
