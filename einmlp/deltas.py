@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from .grad import Names, Step
-from .symbolic import ESum, Extent, extents_for, free_indices
+from .symbolic import ESum, Extent, free_indices
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +131,16 @@ def contract(term: Term, names: Names) -> tuple[Term, list[str]]:
             break
     if any(f == 0 for f in term.factors):
         return Term(sp.S.Zero, (), ()), renames
-    return replace(term, factors=tuple(f for f in term.factors if f != 1)), renames
+    return _count_orphans(replace(term, factors=tuple(f for f in term.factors if f != 1))), renames
+
+
+def _count_orphans(term: Term) -> Term:
+    """A summed index that no factor uses any more sums a constant: it contributes its extent."""
+    used = set(free_indices(sp.Mul(*term.factors, evaluate=False)))
+    keep = [k for k, s in enumerate(term.summed) if s in used]
+    orphans = [term.extents[k] for k, s in enumerate(term.summed) if s not in used]
+    return Term(term.coeff, tuple(term.summed[k] for k in keep), term.factors + tuple(orphans),
+                tuple(term.extents[k] for k in keep))
 
 
 def _groups(term: Term) -> dict[frozenset, sp.Expr]:
@@ -227,4 +236,3 @@ def contract_all(expr: sp.Expr, free: tuple, names: Names) -> tuple[IndexForm, l
     return form, steps, product
 
 
-__all__ = ["Term", "IndexForm", "contract_all", "Extent"]

@@ -16,7 +16,7 @@ from itertools import count
 import sympy as sp
 
 from .errors import UnknownNameError
-from .symbolic import ESum, Extent, Model, Partial, extents_for, index, index_names, tensor_names
+from .symbolic import ESum, Extent, Model, Partial, index, index_names, tensor_names
 
 LINK_NAMES = ("mu", "nu", "l", "s", "r", "e", "alpha", "beta", "gamma", "kappa", "rho", "sigma", "tau",
               "phi", "chi", "psi", "omega", "eta", "zeta", "xi")
@@ -160,5 +160,3 @@ def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None
     expr = chain.expand(first)
     return RawDerivative(expr, tuple(of_free) + tuple(wrt_indices), tuple(chain.steps), names)
 
-
-__all__ = ["Step", "RawDerivative", "differentiate", "extents_for"]

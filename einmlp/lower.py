@@ -152,8 +152,8 @@ class _Printer:
         out = ""
         for k, term in enumerate(sp.Add.make_args(e)):
             c, rest = term.as_coeff_Mul()
-            if c < 0:
-                out += (" - " if k else "-") + self.p(-term)
+            if c < 0:  # a subtracted sum (or a function inlined to one) needs parentheses
+                out += (" - " if k else "-") + (self.p(-term) if (-term).is_Mul or (-term).is_Pow else self.atom(-term))
             else:
                 out += (" + " if k else "") + self.p(term)
         return out

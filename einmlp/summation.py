@@ -122,12 +122,12 @@ class _Analyzer:
                     raise self.error(
                         f"index {index} is summed in one term but free in another, which is ambiguous; "
                         f"write the sum explicitly, e.g. sum[{index}](...)")
-        for (_, ia), sa in zip(results, free_sets):
-            for (_, ib), sb in zip(results, free_sets):
-                if not (sa <= sb or sb <= sa):
-                    raise self.error(
-                        f"terms with free indices [{','.join(ia.free)}] and [{','.join(ib.free)}] cannot be added: "
-                        "one set must contain the other")
+        union = set().union(*free_sets)
+        if union not in free_sets:  # every term broadcasts against the widest one
+            (_, ia), (_, ib) = next(((x, y) for x in results for y in results
+                                     if not (set(x[1].free) <= set(y[1].free) or set(y[1].free) <= set(x[1].free))))
+            raise self.error(f"terms with free indices [{','.join(ia.free)}] and [{','.join(ib.free)}] cannot be "
+                             "added: one set must contain the other, or a term must have all of them")
         free = _ordered_union(*(info.free for _, info in results))
         return _rebuild([e for e, _ in results], "+"), _Info(free, frozenset().union(*(i.summed for _, i in results)))
 
@@ -213,6 +213,15 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
     return defined
 
 
+def _check_calls_are_not_tensors(program: Program, inputs: dict, targets: dict) -> None:
+    for statement in program.statements:
+        for node in _refs(statement.expr):
+            if isinstance(node, Call) and (node.function in inputs or node.function in targets):
+                raise UnknownNameError(f"{node.function} is a tensor but is called like a function "
+                                       f"{node.function}(...); write {node.function} * (...) to multiply "
+                                       f"(in `{statement.source}`)")
+
+
 def check_program(program: Program) -> CheckedProgram:
     """Check names, ranks and summation of a whole program."""
     functions = _check_functions(program.functions)
@@ -249,4 +258,5 @@ def check_program(program: Program) -> CheckedProgram:
         targets[statement.name] = len(statement.indices)
     if not checked:
         raise ParseError("the program has no statements")
+    _check_calls_are_not_tensors(program, inputs, targets)
     return CheckedProgram(tuple(checked), program.functions, inputs, targets)

@@ -122,27 +122,6 @@ def index_names(expr: sp.Basic) -> set[str]:
     return names
 
 
-def extents_for(indices, body: sp.Expr) -> tuple[Extent, ...]:
-    """For each index, the first tensor axis in `body` that it runs over."""
-    extents = []
-    for i in indices:
-        for entry in sp.preorder_traversal(body):
-            if isinstance(entry, sp.Indexed) and i in entry.indices:
-                extents.append(Extent(i.name, entry.base.label.name, list(entry.indices).index(i)))
-                break
-            if isinstance(entry, Extent) and entry.label == i.name:
-                extents.append(entry)
-                break
-        else:
-            raise ValueError(f"index {i} does not occur in {body}")
-    return tuple(extents)
-
-
-def esum(body: sp.Expr, indices) -> sp.Expr:
-    """ESum over `indices` with extents taken from the body."""
-    return ESum(body, indices, extents_for(indices, body))
-
-
 @dataclass(frozen=True, slots=True)
 class Definition:
     name: str
@@ -182,6 +161,18 @@ def tensor_names(expr: sp.Basic) -> list[str]:
     return list(names)
 
 
+def _syntax_extent(expr: Expr, name: str) -> Extent:
+    """The first axis that index `name` runs over in a syntax tree (it occurs: summation checked)."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Ref) and name in node.indices:
+            return Extent(name, node.name, node.indices.index(name))
+        stack.extend(reversed([getattr(node, f) for f in ("left", "right", "operand", "arg", "body")
+                               if hasattr(node, f)]))
+    raise ValueError(f"index {name} does not occur in {expr}")
+
+
 class _Builder:
     """Turns checked syntax into sympy and lifts contractions out of nonlinear contexts."""
 
@@ -202,8 +193,9 @@ class _Builder:
             return -self.build(expr.operand)
         if isinstance(expr, Call):
             return self.functions.apply(expr.function, self.build(expr.arg))
-        if isinstance(expr, SumOver):
-            return esum(self.build(expr.body), [index(i) for i in expr.indices])
+        if isinstance(expr, SumOver):  # extents from the text: sympy may cancel the body
+            return ESum(self.build(expr.body), [index(i) for i in expr.indices],
+                        [_syntax_extent(expr.body, i) for i in expr.indices])
         left, right = self.build(expr.left), self.build(expr.right)
         return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
                 "/": lambda: left / right, "^": lambda: left ** right}[expr.op]()

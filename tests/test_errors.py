@@ -51,6 +51,7 @@ BAD_SOURCES = [
     ("A[i] = tanh[i]", UnknownNameError, "is a function"),
     ("A = x\nB = A(x)", UnknownNameError, "is a tensor"),
     ("tanh = x", UnknownNameError, "is a function"),
+    ("L = x (x)^2", UnknownNameError, "x * (...)"),
 ]
 
 
