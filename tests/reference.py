@@ -104,12 +104,15 @@ class Evaluator:
         index = tuple(i if isinstance(i, int) else slice(None) for i in e.indices)
         value = value[index]
         names = [i for i in e.indices if isinstance(i, str)]
-        unique = list(dict.fromkeys(names))
-        if len(unique) < len(names):
-            letters = {n: chr(97 + k) for k, n in enumerate(unique)}
-            spec = "".join(letters[n] for n in names) + "->" + "".join(letters[n] for n in unique)
-            value = anp.einsum(spec, value)
-        return value, unique
+        while len(set(names)) < len(names):  # a repeated index takes the diagonal: mask, then sum
+            q = next(k for k, n in enumerate(names) if names.index(n) < k)
+            p = names.index(names[q])
+            size = anp.shape(value)[p]
+            mask_shape = [1] * len(names)
+            mask_shape[p] = mask_shape[q] = size
+            value = anp.sum(value * anp.reshape(anp.eye(size), mask_shape), axis=q)
+            names = names[:q] + names[q + 1:]
+        return value, names
 
     def call(self, name, value):
         if name in FUNCTIONS:
