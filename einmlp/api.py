@@ -17,7 +17,7 @@ from .lower import EinsumPlan, Lowerer
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
-from .symbolic import Model, build_model
+from .symbolic import ESum, Model, build_model
 
 
 class Compiled:
@@ -153,7 +153,9 @@ class Derivation:
 
     @cached_property
     def _contracted(self) -> tuple[IndexForm, list[Step], sp.Expr]:
-        return contract_all(self.raw.expr, self.raw.free, self.raw.names)
+        model = self.program.model
+        elementwise = {n: d for n, d in model.definitions.items() if not d.expr.has(ESum) and d.indices}
+        return contract_all(self.raw.expr, self.raw.free, self.raw.names, elementwise)
 
     @property
     def form(self) -> IndexForm:

@@ -221,8 +221,67 @@ def tidy(terms: list[Term]) -> list[Term]:
     return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
 
-def contract_all(expr: sp.Expr, free: tuple, names: Names) -> tuple[IndexForm, list[Step], sp.Expr]:
-    """Normalize, contract and tidy; returns the index form and the steps taken."""
+def _entries(expr: sp.Expr) -> list[sp.Indexed]:
+    return sorted(expr.atoms(sp.Indexed), key=sp.default_sort_key)
+
+
+def _renamed(definition, entry: sp.Indexed) -> sp.Expr | None:
+    """The definition's right-hand side at the indices of `entry` (None if a fixed index differs)."""
+    mapping = {}
+    for own, at in zip(definition.indices, entry.indices):
+        if own.is_Symbol:
+            mapping[own] = at
+        elif own != at:
+            return None
+    return definition.expr.xreplace(mapping)
+
+
+def _unfold(product: sp.Expr, definitions: dict) -> sp.Expr:
+    """Replace an elementwise intermediate by its definition where that makes the product shorter."""
+    for entry in _entries(product):
+        d = definitions.get(entry.base.label.name)
+        rhs = d and _renamed(d, entry)
+        if rhs is not None:
+            candidate = product.xreplace({entry: rhs})
+            if sp.count_ops(candidate) < sp.count_ops(product):
+                return _unfold(candidate, definitions)
+    return product
+
+
+def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
+    """Write a definition's right-hand side back as the intermediate it names (tanh(A) -> H)."""
+    for name, d in definitions.items():
+        leaves = _entries(d.expr)
+        for leaf in leaves:
+            for entry in (e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)):
+                mapping = {own: at for own, at in zip(leaf.indices, entry.indices) if own.is_Symbol}
+                if not all(i in mapping for i in d.indices if i.is_Symbol):
+                    continue
+                lhs = d.lhs.xreplace(mapping)
+                candidate = product.subs(d.expr.xreplace(mapping), lhs)
+                if candidate != product and sp.count_ops(candidate) < sp.count_ops(product):
+                    return _fold(candidate, definitions)
+    return product
+
+
+def simplify_with(term: Term, definitions: dict) -> Term:
+    """Use the program's elementwise definitions to shorten a term: (1/P) exp(Z)/A -> 1, tanh(A) -> H."""
+    if not definitions:
+        return term
+    product = sp.Mul(*term.factors)
+    simpler = _fold(_unfold(product, definitions), definitions)
+    if simpler == product:
+        return term
+    c, rest = simpler.as_coeff_Mul()
+    return replace(term, coeff=term.coeff * c, factors=tuple(sp.Mul.make_args(rest)) if rest != 1 else ())
+
+
+def contract_all(expr: sp.Expr, free: tuple, names: Names,
+                 definitions: dict | None = None) -> tuple[IndexForm, list[Step], sp.Expr]:
+    """Normalize, contract and tidy; returns the index form and the steps taken.
+
+    `definitions` are the program's elementwise intermediates, used to shorten terms.
+    """
     raw = normalize(expr, names)
     product = sp.Add(*[t.expr() for t in raw])
     contracted, renames = [], []
@@ -230,7 +289,7 @@ def contract_all(expr: sp.Expr, free: tuple, names: Names) -> tuple[IndexForm, l
         t, r = contract(t, names)
         renames.extend(r)
         if t.coeff != 0:
-            contracted.append(t)
+            contracted.append(simplify_with(t, definitions or {}))
     form = IndexForm(tuple(tidy(contracted)), tuple(free))
     steps = [Step("Contract the deltas", sp.Symbol("_"), form.expr(), tuple(dict.fromkeys(renames)))]
     return form, steps, product

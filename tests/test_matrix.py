@@ -14,7 +14,7 @@ MATRIX_FORMS = [
     # seed 000's biased MLP
     (SEED000_BIAS, "W2", None, "2 * H.T @ (-T + O)"),
     (SEED000_BIAS, "c2", None, "2 * (-T + O).sum(axis=0)"),
-    (SEED000_BIAS, "W1", None, "2 * X.T @ (((-T + O) @ W2.T) * (1 - tanh(A)**2))"),
+    (SEED000_BIAS, "W1", None, "2 * X.T @ (((-T + O) @ W2.T) * (1 - H**2))"),
     # textbook identities
     ("L = x[i] A[i,j] x[j]", "x", None, "(A + A.T) @ x"),
     ("L = a[i] X[i,j] b[j]", "X", None, "outer(a, b)"),
