@@ -2,6 +2,7 @@
 
     python benchmarks/bench_article.py            # article network, batch 10 / 1000 / 100000
     python benchmarks/bench_article.py --derive   # derive+compile time for 2, 8, 32 layers
+    python benchmarks/bench_article.py --mlp      # seed 000's MLP, all four gradients at once
 
 Times are medians of repeated calls; ratios (einmlp / baseline) are what to read, since
 absolute times on shared machines are noisy.
@@ -117,11 +118,53 @@ def derive_times(depths) -> None:
         print(f"{layers:>3} layers: derive {derived - start:6.2f} s, compile {compiled - derived:6.2f} s")
 
 
+def mlp_handwritten(X, W1, c1, W2, c2, T):
+    """Backpropagation by hand for tanh(X W1 + c1) W2 + c2 against T."""
+    H = np.tanh(X @ W1 + c1)
+    dO = 2 * (H @ W2 + c2 - T)
+    dA = (dO @ W2.T) * (1 - H * H)
+    return {"W1": X.T @ dA, "c1": dA.sum(axis=0), "W2": H.T @ dO, "c2": dO.sum(axis=0)}
+
+
+def mlp(batches) -> None:
+    prog = einmlp.load(ROOT / "derivations" / "seed000_bias.ein")
+    fn = prog.grad(["W1", "c1", "W2", "c2"]).compile()
+    rng = np.random.default_rng(0)
+    print(f"{'batch':>8} {'einmlp':>12} {'numpy (by hand)':>28} {'torch autograd':>28}")
+    for batch in batches:
+        arrays = {"X": rng.standard_normal((batch, 64)), "W1": rng.standard_normal((64, 128)) / 8,
+                  "c1": rng.standard_normal(128), "W2": rng.standard_normal((128, 10)) / 11,
+                  "c2": rng.standard_normal(10), "T": rng.standard_normal((batch, 10))}
+        expected = mlp_handwritten(**arrays)
+        for name, value in fn(**arrays).items():
+            np.testing.assert_allclose(value, expected[name], rtol=1e-9, atol=1e-9)
+        ours = median_time(lambda: fn(**arrays))
+        cells = [median_time(lambda: mlp_handwritten(**arrays))]
+        try:
+            import torch
+            t = {k: torch.tensor(v, requires_grad=k in ("W1", "c1", "W2", "c2")) for k, v in arrays.items()}
+
+            def step():
+                for k in ("W1", "c1", "W2", "c2"):
+                    t[k].grad = None
+                H = torch.tanh(t["X"] @ t["W1"] + t["c1"])
+                torch.sum((H @ t["W2"] + t["c2"] - t["T"]) ** 2).backward()
+            cells.append(median_time(step))
+        except ImportError:
+            pass
+        text = " ".join(f"{c * 1e6:14.1f} us (x{ours / c:5.2f})" for c in cells)
+        print(f"{batch:>8} {ours * 1e6:9.1f} us {text}")
+    print("ratio = einmlp time / baseline time (below 1: einmlp is faster)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--derive", action="store_true", help="time derive+compile for deep MLPs")
+    parser.add_argument("--mlp", action="store_true", help="seed 000's MLP, all gradients at once")
     args = parser.parse_args()
-    if args.derive:
+    if args.mlp:
+        mlp([10, 1000, 100000])
+    elif args.derive:
         derive_times([2, 8, 32])
     else:
         article([10, 1000, 100000])

@@ -276,14 +276,14 @@ class Lowerer:
 
         def size_of(i):
             return "1" if i in _SLOTS else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
-        parts, complete = [], True
+        parts, covered = [], set(_SLOTS)
         for term in form.terms:
             var, indices, coeff = self.term(term, layout, size_of)
-            complete &= set(indices) | set(_SLOTS) >= set(layout) and bool(var)
+            covered |= set(indices) if var else set()
             part = align(var, indices, layout) if var else ""
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
-        if not complete or not parts:
+        if not covered >= set(layout) or not parts:  # broadcasting alone would not give the full shape
             code = f"_full(({''.join(f'{size_of(i)}, ' for i in layout)}), {code})"
         last = self.equations[-1] if self.equations else None
         if last is not None and code == last.out and last.out.startswith("_t"):
@@ -347,7 +347,55 @@ class Lowerer:
         out_indices = tuple(i for i in order if any(i in ix for _, ix in operands) and i not in _SLOTS)
         if len(operands) == 1 and set(operands[0][1]) - set(_SLOTS) == set(out_indices):
             return operands[0][0], operands[0][1], coeff
-        return self.einsum(operands, out_indices), out_indices, coeff
+        var, indices = self.contract(operands, out_indices)
+        return var, indices, coeff
+
+    def contract(self, operands: list, out: tuple) -> tuple[str, tuple]:
+        """Contract operands pairwise where that is a Hadamard or a matrix product (BLAS),
+        preferring products whose result matches another operand; opt_einsum does the rest."""
+        operands = list(operands)
+        while len(operands) > 1:
+            step = self._hadamard(operands) or self._pair(operands, out)
+            if step is None:
+                break
+            used, result = step
+            operands = [o for k, o in enumerate(operands) if k not in used] + [result]
+        if len(operands) == 1 and set(operands[0][1]) == set(out) and len(operands[0][1]) == len(out):
+            return operands[0]
+        return self.einsum(operands, out), out
+
+    def _hadamard(self, operands):
+        for k, (va, ia) in enumerate(operands):
+            for m in range(k + 1, len(operands)):
+                vb, ib = operands[m]
+                if set(ia) == set(ib) and len(set(ia)) == len(ia) and len(set(ib)) == len(ib):
+                    code = f"{align(va, ia, list(ia))}*{align(vb, ib, list(ia))}"
+                    return {k, m}, (self.emit(code), tuple(ia))
+        return None
+
+    def _pair(self, operands, out):
+        """The best two-operand matrix product, as (positions used, (variable, axes))."""
+        def needed(i, skip):
+            return i in out or any(i in ix for n, (_, ix) in enumerate(operands) if n not in skip)
+        candidates = []
+        for k in range(len(operands)):
+            for m in range(k + 1, len(operands)):
+                (va, ia), (vb, ib) = operands[k], operands[m]
+                keep = tuple(dict.fromkeys(i for i in ia + ib if needed(i, {k, m})))
+                others = [ix for n, (_, ix) in enumerate(operands) if n not in (k, m)]
+                twin = next((ix for ix in others if set(ix) == set(keep)), None)
+                if twin is not None:  # lay the product out like the operand it will multiply
+                    keep = tuple(twin)
+                elif set(keep) <= set(out):
+                    keep = tuple(i for i in out if i in keep)
+                code = _matmul((va, ia), (vb, ib), keep)
+                if code:
+                    candidates.append((twin is None, k, m, code, keep))
+        if not candidates:
+            return None
+        _, k, m, code, keep = min(candidates, key=lambda c: c[0])
+        var = self.cache.get(code) or self.emit(code)
+        return {k, m}, (var, keep)
 
     def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
         """One elementwise equation for a group of factors; returns (constant, variable, axes).
