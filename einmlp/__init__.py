@@ -1,5 +1,7 @@
-"""einmlp: neural-network gradients derived in Einstein index notation, shown step by step,
-and compiled to fast einsum code."""
+"""einmlp: neural-network gradients in Einstein index notation.
+
+Derived symbolically, shown step by step, and compiled to fast einsum code.
+"""
 
 from .api import Compiled, Derivation, Gradients, Program, load, parse
 from .check import CheckResult, check

@@ -12,7 +12,7 @@ from . import shapes as shape_stage
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, UnknownNameError
-from .grad import Names, RawDerivative, Step, differentiate
+from .grad import RawDerivative, Step, differentiate
 from .lower import EinsumPlan, Lowerer
 from .parse import parse_syntax
 from .render import index_str
@@ -57,10 +57,10 @@ class Compiled:
 
 
 class Program:
-    """A parsed and checked program: `einmlp.parse(text)`.
+    r"""A parsed and checked program: `einmlp.parse(text)`.
 
     Examples:
-        >>> prog = einmlp.parse("A[i,k] = X[i,j] W[j,k]\\nL = A[i,k]^2")
+        >>> prog = einmlp.parse("A[i,k] = X[i,j] W[j,k]\nL = A[i,k]^2")
         >>> prog.inputs, prog.targets
         (['X', 'W'], ['A', 'L'])
     """
@@ -94,7 +94,7 @@ class Program:
         return of
 
     def grad(self, wrt, of: str | None = None):
-        """d of / d wrt, shaped `of.shape + wrt.shape`; a list of names derives them together."""
+        """D of / d wrt, shaped `of.shape + wrt.shape`; a list of names derives them together."""
         of = self._of(of)
         if isinstance(wrt, (list, tuple)):
             return Gradients(self, of, tuple(wrt))
@@ -118,7 +118,8 @@ class Program:
         lines = []
         for checked in self.checked.statements:
             st = checked.statement
-            lines.append(f"{st.source}\n    {shape_stage.algebra(st.expr, shapes)} = {shape_stage._dims(shapes[st.name])}")
+            algebra = shape_stage.algebra(st.expr, shapes)
+            lines.append(f"{st.source}\n    {algebra} = {shape_stage.dims(shapes[st.name])}")
         return "\n".join(lines)
 
     def _repr_latex_(self) -> str:
@@ -184,7 +185,7 @@ class Derivation:
     @cached_property
     def steps(self) -> list[Step]:
         """The article's steps: chain rule, each link, the product of deltas, the contraction, matrix form."""
-        raw, (form, contraction, product) = self.raw, self._contracted
+        raw, (_, contraction, product) = self.raw, self._contracted
         steps = list(raw.steps)
         lhs = raw.steps[0].lhs
         steps.append(Step("Product of all deltas", lhs, product))

@@ -67,12 +67,13 @@ def _pdf(d, output: str | None) -> bytes:
         run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name],
                              cwd=tmp, capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
-            error = next((l for l in run.stdout.splitlines() if l.startswith("!")), "unknown error")
+            error = next((line for line in run.stdout.splitlines() if line.startswith("!")), "unknown error")
             raise EinmlpError(f"pdflatex failed: {error}")
         return (Path(tmp) / "derivation.pdf").read_bytes()
 
 
 def derive(args) -> int:
+    """`einmlp derive`: the derivation in the chosen format."""
     d = _derivation(args)
     if args.format == "pdf":
         pdf = _pdf(d, args.output)
@@ -111,6 +112,7 @@ def _random_arrays(prog, shapes: dict, seed: int) -> dict:
 
 
 def check(args) -> int:
+    """`einmlp check`: finite differences on random inputs; exit 1 when they disagree."""
     from .check import check as run_check
     d = _derivation(args)
     arrays = _random_arrays(d.program, _shapes(args.shape), args.seed)
@@ -120,6 +122,7 @@ def check(args) -> int:
 
 
 def shapes(args) -> int:
+    """`einmlp shapes`: the dimension algebra of each statement."""
     prog = load(args.file)
     shapes = _shapes(args.shape)
     missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
@@ -130,6 +133,7 @@ def shapes(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argument parser of the three subcommands."""
     top = argparse.ArgumentParser(prog="einmlp", description="Derive gradients in Einstein index notation.")
     sub = top.add_subparsers(dest="command", required=True)
     for name, helptext in [("derive", "derive and show a gradient"),
@@ -153,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line; an EinmlpError becomes one line on stderr and exit code 2."""
     args = parser().parse_args(argv)
     try:
         return {"derive": derive, "check": check, "shapes": shapes}[args.command](args)

@@ -112,7 +112,7 @@ def compile_plan(plan: EinsumPlan, name: str = "compute"):
 
 
 def as_array(name: str, value) -> np.ndarray:
-    """numpy view of an input, as float64 unless it is already floating point."""
+    """Numpy view of an input, as float64 unless it is already floating point."""
     try:
         array = np.asarray(value)
     except Exception as exc:  # an object numpy cannot take

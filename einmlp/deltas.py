@@ -188,7 +188,7 @@ def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:
 
 
 def _combine(a: Term, b: Term) -> Term | None:
-    """a + b as one term when they differ only in the factors over one index set."""
+    """A + b as one term when they differ only in the factors over one index set."""
     def keys(term):  # in a fixed order, whatever the hash seed
         return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
     for skip in keys(a):
@@ -250,10 +250,11 @@ def _unfold(product: sp.Expr, definitions: dict) -> sp.Expr:
 
 def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
     """Write a definition's right-hand side back as the intermediate it names (tanh(A) -> H)."""
-    for name, d in definitions.items():
+    for d in definitions.values():
         leaves = _entries(d.expr)
         for leaf in leaves:
-            for entry in (e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)):
+            matches = [e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)]
+            for entry in matches:
                 mapping = {own: at for own, at in zip(leaf.indices, entry.indices) if own.is_Symbol}
                 if not all(i in mapping for i in d.indices if i.is_Symbol):
                     continue

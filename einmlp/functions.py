@@ -100,6 +100,7 @@ class UserFunction(sp.Function):
 
 
 def make_user_function(root: str, definition: sp.Expr | None, order: int = 0) -> type:
+    """The sympy class of a program's function (or of its `order`-th derivative)."""
     name = root + "'" * order
     return type(name, (UserFunction,), {"root": root, "order": order, "definition": definition, "_prime": None})
 
@@ -126,7 +127,7 @@ class FunctionTable:
 
 
 def numpy_source(func: sp.Expr, arg_source: str) -> str:
-    """numpy source for one applied elementwise function; user functions are inlined elsewhere."""
+    """Numpy source for one applied elementwise function; user functions are inlined elsewhere."""
     name = type(func).__name__
     table = {b.sympy(_x).func.__name__: b.numpy for b in BUILTINS.values() if b.name != "sqrt"}
     table.update(DERIVED_NUMPY)

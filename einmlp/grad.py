@@ -136,7 +136,7 @@ class _Chain:
 
 
 def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None) -> RawDerivative:
-    """d of / d wrt[m,n,...] with every link expanded (deltas not yet contracted)."""
+    """D of / d wrt[m,n,...] with every link expanded (deltas not yet contracted)."""
     if wrt not in model.inputs:
         known = ", ".join(model.inputs)
         raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input "

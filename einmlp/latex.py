@@ -1,11 +1,13 @@
-"""LaTeX for derivations: display names (Greek, hats, tildes, layer superscripts), steps as
-`align*` rows, and whole documents that a plain `pdflatex` compiles."""
+"""LaTeX for derivations.
+
+Display names (Greek, hats, tildes, layer superscripts), steps as `align*` rows, and whole
+documents that a plain `pdflatex` compiles.
+"""
 
 from __future__ import annotations
 
 import re
 
-import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
@@ -33,7 +35,7 @@ def _base(name: str) -> str:
 
 
 def display(name: str) -> str:
-    """A tensor's display name: Delta -> \\Delta, Yhat -> \\hat{Y}, Ytilde -> \\widetilde{Y}, W1 -> W^{(1)}."""
+    r"""A tensor's display name: Delta -> \Delta, Yhat -> \hat{Y}, Ytilde -> \widetilde{Y}, W1 -> W^{(1)}."""
     match = re.fullmatch(r"(.*?[^0-9])([0-9]+)", name)
     stem, layer = (match.group(1), match.group(2)) if match else (name, "")
     if stem.endswith("hat") and len(stem) > 3:
@@ -46,7 +48,7 @@ def display(name: str) -> str:
 
 
 def display_index(name: str) -> str:
-    """An index name: mu -> \\mu, k2 -> k_{2}."""
+    r"""An index name: mu -> \mu, k2 -> k_{2}."""
     match = re.fullmatch(r"(.*?[^0-9'])([0-9]+)('*)", name)
     if match:
         return _base(match.group(1)) + "_{" + match.group(2) + "}" + match.group(3)
@@ -55,7 +57,7 @@ def display_index(name: str) -> str:
 
 
 def display_function(name: str) -> str:
-    """f1 -> f_{1}, f1' -> f_{1}', tanh -> \\tanh."""
+    r"""f1 -> f_{1}, f1' -> f_{1}', tanh -> \tanh."""
     primes = len(name) - len(name.rstrip("'"))
     root = name.rstrip("'")
     if root in OPERATORS:
@@ -99,7 +101,7 @@ class IndexLatexPrinter(LatexPrinter):
         text = rf"{display_function(name)}\left({inner}\right)"
         return f"{text}^{{{exp}}}" if exp else text
 
-    _print_UserFunction = _print_Function
+    _print_UserFunction = _print_Function  # noqa: N815 (sympy's hook name)
     _print_sigmoid = _print_relu = _print_softplus = _print_step = _print_Function
 
 

@@ -1,5 +1,7 @@
-"""Lower index forms to an `EinsumPlan`: a flat list of equations, each one einsum or one
-elementwise numpy expression, computing every forward intermediate once.
+"""Lower index forms to an `EinsumPlan`.
+
+The plan is a flat list of equations, each one einsum or one elementwise numpy expression,
+computing every forward intermediate once.
 
 Plan grammar::
 
@@ -70,7 +72,7 @@ def _letters(indices, letter_of) -> str:
 
 
 def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset()) -> str:
-    """numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
+    """Numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
 
     `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`.
     """
@@ -196,7 +198,7 @@ class _Printer:
 
 
 def _matmul(a: tuple, b: tuple, out: tuple) -> str:
-    """numpy `@` source for a two-operand einsum that is one matrix product, else ""."""
+    """Numpy `@` source for a two-operand einsum that is one matrix product, else ""."""
     (va, ia), (vb, ib) = a, b
     shared = [i for i in ia if i in ib]
     rows, cols = [i for i in ia if i not in shared], [i for i in ib if i not in shared]
@@ -351,8 +353,10 @@ class Lowerer:
         return var, indices, coeff
 
     def contract(self, operands: list, out: tuple) -> tuple[str, tuple]:
-        """Contract operands pairwise where that is a Hadamard or a matrix product (BLAS),
-        preferring products whose result matches another operand; opt_einsum does the rest."""
+        """Contract operands pairwise where that is a Hadamard or a matrix product (BLAS).
+
+        Products whose result matches another operand come first; opt_einsum does the rest.
+        """
         operands = list(operands)
         while len(operands) > 1:
             step = self._hadamard(operands) or self._pair(operands, out)
@@ -412,7 +416,7 @@ class Lowerer:
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
         widest = max(members, key=lambda f: len(free_indices(f)))
-        local = layout or list(dict.fromkeys(list(free_indices(widest)) + [i for f in members for i in free_indices(f)]))
+        local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
         parts = []
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}

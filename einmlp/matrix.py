@@ -148,7 +148,7 @@ def _node(factor: sp.Expr, size1: dict) -> Node | None:
 
 
 def _chain(left: Node, right: Node) -> Node:
-    """left @ right, flattening matrix-product chains (matmul is associative)."""
+    """Left @ right, flattening matrix-product chains (matmul is associative)."""
     parts = (left.parts if left.kind == "matmul" and not left.name else [left]) + \
         (right.parts if right.kind == "matmul" and not right.name else [right])
     return Node("matmul", left.rows, right.cols, parts)
@@ -197,7 +197,7 @@ class _Builder:
     def matmul(self) -> bool:
         def useful(x):  # a product whose labels match another factor's comes first
             users = self.count(x)
-            rest = {l for n in users for l in (n.rows, n.cols)} - {x}
+            rest = {label for n in users for label in (n.rows, n.cols)} - {x}
             return not any({n.rows, n.cols} == rest for n in self.nodes if all(n is not u for u in users))
         def leaves(x):  # prefer error @ W.T, the way backpropagation reads
             return -sum(n.kind == "leaf" for n in self.count(x))
@@ -230,7 +230,7 @@ class _Builder:
     def reduce(self) -> bool:
         for x in sorted(self.summed, key=lambda s: s.name):
             users = self.count(x)
-            if len(users) == 1 and ONE not in (users[0].rows, users[0].cols) or (len(users) == 1 and users[0].labels() == {x}):
+            if len(users) == 1 and (ONE not in (users[0].rows, users[0].cols) or users[0].labels() == {x}):
                 p = users[0]
                 axis = 0 if p.rows == x else 1
                 rows, cols = (ONE, p.cols) if axis == 0 else (p.rows, ONE)

@@ -88,7 +88,8 @@ def bind_needed(model: Model, input_shapes: dict[str, tuple], names) -> dict[str
 
 
 # -- dimension algebra, the way seed 000's answer writes it ------------------------------------
-def _dims(shape) -> str:
+def dims(shape) -> str:
+    """A shape as seed 000 writes it: [10 x 3]."""
     return "[" + " x ".join(map(str, shape)) + "]" if shape else "[]"
 
 
@@ -97,7 +98,7 @@ def algebra(expr: Expr, shapes: dict) -> str:
     if isinstance(expr, Num):
         return str(expr.value)
     if isinstance(expr, Ref):
-        return _dims(shapes[expr.name]) if expr.indices else expr.name
+        return dims(shapes[expr.name]) if expr.indices else expr.name
     if isinstance(expr, Neg):
         return "-" + algebra(expr.operand, shapes)
     if isinstance(expr, Call):

@@ -17,7 +17,7 @@ from sympy.core.symbol import Str
 
 from .functions import PARAM, FunctionTable
 from .summation import CheckedProgram
-from .syntax import BinOp, Call, Expr, Neg, Num, Ref, SumOver
+from .syntax import Call, Expr, Neg, Num, Ref, SumOver
 
 
 def index(name: str) -> sp.Symbol:
