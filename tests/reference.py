@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import autograd.numpy as anp
 
-from einmlp.syntax import BinOp, Call, Neg, Num, Ref, SumOver
+from einmlp.syntax import Call, Neg, Num, Ref, SumOver
 
 FUNCTIONS = {
     "exp": anp.exp, "log": anp.log, "tanh": anp.tanh, "sqrt": anp.sqrt, "abs": anp.abs,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 from conftest import autodiff
 from programs import random_program
 
