@@ -379,22 +379,24 @@ class Lowerer:
 
     def _pair(self, operands, out):
         """The best two-operand matrix product, as (positions used, (variable, axes))."""
-        def needed(i, skip):
-            return i in out or any(i in ix for n, (_, ix) in enumerate(operands) if n not in skip)
+        users: dict = {}
+        for n, (_, ix) in enumerate(operands):
+            for i in set(ix):
+                users.setdefault(i, []).append(n)
+        pairs = sorted({tuple(u) for i, u in users.items() if len(u) == 2 and i not in out})
         candidates = []
-        for k in range(len(operands)):
-            for m in range(k + 1, len(operands)):
-                (va, ia), (vb, ib) = operands[k], operands[m]
-                keep = tuple(dict.fromkeys(i for i in ia + ib if needed(i, {k, m})))
-                others = [ix for n, (_, ix) in enumerate(operands) if n not in (k, m)]
-                twin = next((ix for ix in others if set(ix) == set(keep)), None)
-                if twin is not None:  # lay the product out like the operand it will multiply
-                    keep = tuple(twin)
-                elif set(keep) <= set(out):
-                    keep = tuple(i for i in out if i in keep)
-                code = _matmul((va, ia), (vb, ib), keep)
-                if code:
-                    candidates.append((twin is None, k, m, code, keep))
+        for k, m in pairs:  # a summed index shared by exactly these two: a matrix product, maybe
+            (va, ia), (vb, ib) = operands[k], operands[m]
+            keep = tuple(dict.fromkeys(i for i in ia + ib if i in out or set(users[i]) - {k, m}))
+            others = [ix for n, (_, ix) in enumerate(operands) if n not in (k, m)]
+            twin = next((ix for ix in others if set(ix) == set(keep)), None)
+            if twin is not None:  # lay the product out like the operand it will multiply
+                keep = tuple(twin)
+            elif set(keep) <= set(out):
+                keep = tuple(i for i in out if i in keep)
+            code = _matmul((va, ia), (vb, ib), keep)
+            if code:
+                candidates.append((twin is None, k, m, code, keep))
         if not candidates:
             return None
         _, k, m, code, keep = min(candidates, key=lambda c: c[0])
