@@ -250,18 +250,19 @@ def _unfold(product: sp.Expr, definitions: dict) -> sp.Expr:
 
 def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
     """Write a definition's right-hand side back as the intermediate it names (tanh(A) -> H)."""
-    for d in definitions.values():
-        leaves = _entries(d.expr)
-        for leaf in leaves:
-            matches = [e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)]
-            for entry in matches:
-                mapping = {own: at for own, at in zip(leaf.indices, entry.indices) if own.is_Symbol}
-                if not all(i in mapping for i in d.indices if i.is_Symbol):
-                    continue
-                lhs = d.lhs.xreplace(mapping)
-                candidate = product.subs(d.expr.xreplace(mapping), lhs)
-                if candidate != product and sp.count_ops(candidate) < sp.count_ops(product):
-                    return _fold(candidate, definitions)
+    changed = True
+    while changed:
+        changed = False
+        for d in definitions.values():
+            for leaf in _entries(d.expr):
+                matches = [e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)]
+                for entry in matches:
+                    mapping = {own: at for own, at in zip(leaf.indices, entry.indices) if own.is_Symbol}
+                    if not all(i in mapping for i in d.indices if i.is_Symbol):
+                        continue
+                    candidate = product.subs(d.expr.xreplace(mapping), d.lhs.xreplace(mapping))
+                    if candidate != product and sp.count_ops(candidate) < sp.count_ops(product):
+                        product, changed = candidate, True
     return product
 
 
