@@ -15,8 +15,9 @@ def test_readme_python_block_runs(monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "the README has a Python example"
     monkeypatch.chdir(ROOT)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})  # the project's own README
+    namespace: dict = {}
+    for block in blocks:  # one session, as a reader would type them
+        exec(compile(block, "README.md", "exec"), namespace)  # the project's own README
     out = capsys.readouterr().out
     assert "-2 * X.T @ (((Ytilde * f2'(C)) @ W2.T) * f1'(A))" in out and "True" in out
 
