@@ -7,6 +7,7 @@ opt_einsum contraction paths). The returned callable only does arithmetic.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -55,25 +56,8 @@ def _ipow(x, n):
 
 RUNTIME = {"np": np, "_full": _full, "_arange": _arange, "_equal": _equal, "_ipow": _ipow}
 
-_HELPERS = '''
-def _full(shape, value):
-    return np.broadcast_to(value, shape).copy() if np.ndim(value) else np.full(shape, float(value))
-
-
-def _arange(size, axis, ndim):
-    return np.arange(size).reshape([size if k == axis else 1 for k in range(ndim)])
-
-
-def _equal(a, b):
-    return np.equal(a, b).astype(float)
-
-
-def _ipow(x, n):
-    result = x
-    for _ in range(n - 1):
-        result = result * x
-    return result
-'''
+# the standalone source carries the same helpers, read from this module
+_HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow))
 
 
 def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool = True) -> str:
@@ -95,7 +79,7 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
                                    else "{" + ", ".join(f"{k!r}: {v}" for k, v in plan.outputs.items()) + "}"))
     body = "\n".join(lines) + "\n"
     if standalone:
-        return "import numpy as np\nimport opt_einsum as oe\n" + _HELPERS + "\n\n" + body
+        return "import numpy as np\nimport opt_einsum as oe\n\n\n" + _HELPERS + "\n\n" + body
     return body
 
 
