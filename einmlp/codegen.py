@@ -89,9 +89,10 @@ def compile_plan(plan: EinsumPlan, name: str = "compute"):
     namespace = dict(RUNTIME)
     namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
                       if eq.op == "einsum" and not eq.code})
-    # safe: the source is generated from the checked plan; every name in it is an identifier
-    # that the parser accepted (or one of ours), every number is printed from a sympy number.
-    exec(compile(source, f"<einmlp {name}>", "exec"), namespace)
+    # The source is generated from the checked plan: every name in it is an identifier the
+    # parser accepted (mangled away from Python's keywords) or one of ours, and every number
+    # is printed from a sympy number. No user text reaches it.
+    exec(compile(source, f"<einmlp {name}>", "exec"), namespace)  # safe: generated from the checked plan
     return namespace[name]
 
 

@@ -62,17 +62,11 @@ def check_inputs(model: Model, arrays_shapes: dict[str, tuple], needed) -> None:
 
 def bind(model: Model, input_shapes: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
     """Shapes of every tensor of the program, checking every statement on the way."""
-    check_inputs(model, input_shapes, list(model.inputs))
-    shapes = {name: tuple(input_shapes[name]) for name in model.inputs}
-    for name, d in model.definitions.items():
-        env: dict = {}
-        _bind_expr(d.expr, shapes, env, d.source)
-        shapes[name] = tuple(1 if i.is_Integer else env[i][0] for i in d.indices)
-    return shapes
+    return bind_needed(model, input_shapes, list(model.definitions) + list(model.inputs))
 
 
 def bind_needed(model: Model, input_shapes: dict[str, tuple], names) -> dict[str, tuple[int, ...]]:
-    """Like `bind`, but only for the definitions that `names` need."""
+    """Shapes of `names` and of everything they depend on, checking those statements."""
     needed = set(names)
     for name in names:
         needed |= model.uses.get(name, frozenset())
