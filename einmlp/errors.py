@@ -34,8 +34,3 @@ class UnknownNameError(EinmlpError):
 class ShapeError(EinmlpError):
     """Arrays whose shapes disagree with the index notation."""
 
-
-def located(error: EinmlpError, line: int, source_line: str) -> EinmlpError:
-    """Return `error` with the statement's line number and text prefixed, same class."""
-    message = f"line {line}: {error}\n    {source_line.strip()}" if line else str(error)
-    return type(error)(message) if not isinstance(error, ParseError) else error

@@ -122,8 +122,6 @@ class FunctionTable:
             self.define(name, None)
         return self.user[name](arg)
 
-    def is_abstract(self, name: str) -> bool:
-        return name in self.user and self.user[name].definition is None
 
 
 def numpy_source(func: sp.Expr, arg_source: str) -> str:

@@ -101,7 +101,7 @@ def render(node: Node, latex=None) -> str:
         else f"{sub[0]}.sum(axis={node.axis})"
 
 
-def _leafify(factor: sp.Expr, rows, cols, size1: dict) -> sp.Expr | None:
+def _leafify(factor: sp.Expr, rows, cols) -> sp.Expr | None:
     """The factor with each tensor entry replaced by a Leaf oriented to (rows, cols)."""
     def leaf(entry: sp.Indexed):
         idx = [i for i in entry.indices if not (i.is_Integer and i == 0)]
@@ -126,7 +126,7 @@ def _leafify(factor: sp.Expr, rows, cols, size1: dict) -> sp.Expr | None:
     return factor.xreplace(mapping)
 
 
-def _node(factor: sp.Expr, size1: dict) -> Node | None:
+def _node(factor: sp.Expr) -> Node | None:
     if isinstance(factor, sp.KroneckerDelta):
         a, b = factor.args
         if a.is_Symbol and b.is_Symbol:
@@ -139,7 +139,7 @@ def _node(factor: sp.Expr, size1: dict) -> Node | None:
     entries = list(factor.atoms(sp.Indexed))
     if len(labels) == 1 and entries and all(len(e.indices) == 2 and e.indices[0] == 0 for e in entries):
         rows, cols = ONE, labels[0]  # a row like W2.T[0,n]
-    expr = _leafify(factor, rows, cols, size1)
+    expr = _leafify(factor, rows, cols)
     if expr is None:
         return None
     kind = "leaf" if isinstance(expr, Leaf) else "elem"
@@ -422,7 +422,7 @@ def matrix_form(derivation) -> MatrixForm:
             if not free_indices(f) or isinstance(f, Extent):
                 coeff *= f
                 continue
-            node = _node(f, size1)
+            node = _node(f)
             if node is None:
                 reason = f"the factor {index_str(f)} is not a matrix"
                 break
