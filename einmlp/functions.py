@@ -78,6 +78,11 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
 DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})"}
 
 
+# sympy class name -> numpy source (sqrt is a power in sympy, printed as np.sqrt elsewhere)
+_NUMPY_BY_SYMPY_NAME = {b.sympy(_x).func.__name__: b.numpy for b in BUILTINS.values() if b.name != "sqrt"}
+_NUMPY_BY_SYMPY_NAME.update(DERIVED_NUMPY)
+
+
 class UserFunction(sp.Function):
     """A function of the program: defined by `f(x) = ...` or abstract; shown as f, f', f''."""
 
@@ -127,10 +132,8 @@ class FunctionTable:
 def numpy_source(func: sp.Expr, arg_source: str) -> str:
     """Numpy source for one applied elementwise function; user functions are inlined elsewhere."""
     name = type(func).__name__
-    table = {b.sympy(_x).func.__name__: b.numpy for b in BUILTINS.values() if b.name != "sqrt"}
-    table.update(DERIVED_NUMPY)
-    if name in table:
-        return table[name].format(x=arg_source)
+    if name in _NUMPY_BY_SYMPY_NAME:
+        return _NUMPY_BY_SYMPY_NAME[name].format(x=arg_source)
     raise EinmlpError(f"no numpy form for function {name!r}")
 
 
