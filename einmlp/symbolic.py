@@ -16,6 +16,7 @@ import sympy as sp
 from sympy.core.symbol import Str
 
 from .functions import PARAM, FunctionTable
+from .render import index_str
 from .summation import CheckedProgram
 from .syntax import Call, Expr, Neg, Num, Ref, SumOver
 
@@ -283,7 +284,8 @@ def build_model(program: CheckedProgram) -> Model:
         builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False)
     for name, d in builder.definitions.items():
         if d.lifted:
-            builder.definitions[name] = Definition(name, d.indices, d.expr, f"{d.lhs} = {d.expr}", True)
+            builder.definitions[name] = Definition(name, d.indices, d.expr, f"{index_str(d.lhs)} = {index_str(d.expr)}",
+                                                   True)
     uses: dict[str, frozenset[str]] = {}
     for name, d in builder.definitions.items():
         direct = tensor_names(d.expr)
