@@ -29,6 +29,7 @@ from .deltas import IndexForm, Term, normalize
 from .errors import EinmlpError
 from .functions import PARAM, UserFunction, numpy_source
 from .grad import Names
+from .render import index_str
 from .symbolic import Extent, Model, free_indices, index_names
 
 RESERVED = {"np", "oe"} | set(dir(builtins))
@@ -430,7 +431,7 @@ class Lowerer:
             codes[full] = f"({outer})*{codes[full]}" if full in codes else (f"({outer})" if codes else outer)
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
-        return number, self.emit(code, " * ".join(map(str, members))), tuple(local)
+        return number, self.emit(code, " * ".join(map(index_str, members))), tuple(local)
 
     def einsum(self, operands, out_indices) -> str:
         letter: dict = {}
