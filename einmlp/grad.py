@@ -43,6 +43,12 @@ class Step:
         title += " (" + ", ".join(f"{a}->{b}" for a, b in self.renames) + ")" if self.renames else ""
         return f"{title}:\n    {lhs} = {rhs}"
 
+    @property
+    def latex(self) -> str:
+        """The equation in LaTeX, `lhs &= rhs` (an align* row)."""
+        from .latex import equation_latex
+        return equation_latex(self)
+
     def __str__(self) -> str:
         return self.text
 

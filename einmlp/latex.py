@@ -121,13 +121,16 @@ def _title(step) -> str:
     return text
 
 
+def equation_latex(step) -> str:
+    """One step's equation, `lhs &= rhs`, for an align* row."""
+    rhs = step.latex_expr if step.latex_expr is not None else to_latex(step.expr)
+    lhs = display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
+    return f"{lhs} &= {rhs}"
+
+
 def steps_latex(steps) -> str:
     """The steps as an align* body, a title above each equation."""
-    rows = []
-    for step in steps:
-        rhs = step.latex_expr if step.latex_expr is not None else to_latex(step.expr)
-        lhs = display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
-        rows.append(rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + f"{lhs} &= {rhs}")
+    rows = [rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + equation_latex(step) for step in steps]
     return " \\\\\n".join(rows)
 
 

@@ -32,6 +32,8 @@ def test_align_body_and_document():
     doc = d.latex(document=True)
     assert doc.startswith(r"\documentclass") and doc.rstrip().endswith(r"\end{document}")
     assert einmlp.parse(ARTICLE_ACTIVATED)._repr_latex_().startswith("$$")
+    assert all(step.title and "&=" in step.latex for step in d.steps)
+    assert d.steps[-1].latex.endswith(r"\odot f_{2}'\left(C\right)) \cdot {{W^{(2)}}^{\top}}) \odot f_{1}'\left(A\right))")
 
 
 @pytest.mark.parametrize("source, wrt", [
