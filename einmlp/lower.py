@@ -260,7 +260,7 @@ class Lowerer:
         d = self.model.definitions[name]
         names = Names(index_names(d.expr) | {s.name for s in d.indices if s.is_Symbol})
         form = IndexForm(tuple(normalize(d.expr, names)), d.indices)
-        self.lower(form, variable(name), {}, comment=d.source)
+        self.lower(form, variable(name), {i: d.extent(i) for i in d.indices if i.is_Symbol}, comment=d.source)
 
     def emit(self, code: str, comment: str = "") -> str:
         if code in self.cache:

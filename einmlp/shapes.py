@@ -48,6 +48,10 @@ def _bind_entry(entry: sp.Indexed, shapes: dict, env: dict, where: str) -> None:
         env.setdefault(i, (size, name, axis))
 
 
+def _length(shapes: dict, where: tuple[str, int]) -> int:
+    return shapes[where[0]][where[1]]
+
+
 def check_inputs(model: Model, arrays_shapes: dict[str, tuple], needed) -> None:
     """Every needed input is given, with as many axes as the program uses."""
     missing = [n for n in needed if n not in arrays_shapes]
@@ -77,7 +81,8 @@ def bind_needed(model: Model, input_shapes: dict[str, tuple], names) -> dict[str
         if name in needed:
             env: dict = {}
             _bind_expr(d.expr, shapes, env, d.source)
-            shapes[name] = tuple(1 if i.is_Integer else env[i][0] for i in d.indices)
+            shapes[name] = tuple(1 if i.is_Integer else env[i][0] if i in env else _length(shapes, d.extent(i))
+                                 for i in d.indices)
     return shapes
 
 

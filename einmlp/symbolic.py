@@ -130,6 +130,15 @@ class Definition:
     expr: sp.Expr
     source: str                   # the statement, or how einmlp named it
     lifted: bool                  # named by einmlp, not by the user
+    extents: tuple = ()           # per left-hand axis, where its length comes from (None: size 1)
+
+    def extent(self, i: sp.Symbol) -> tuple[str, int]:
+        """(tensor, axis) giving the length of left-hand index `i`, even if sympy cancelled it away."""
+        for own, extent in zip(self.indices, self.extents):
+            if own == i and extent is not None:
+                return extent.name, extent.axis
+        entry = next(e for e in sp.preorder_traversal(self.expr) if isinstance(e, sp.Indexed) and i in e.indices)
+        return entry.base.label.name, list(entry.indices).index(i)
 
     @property
     def lhs(self) -> sp.Expr:
@@ -281,7 +290,8 @@ def build_model(program: CheckedProgram) -> Model:
         st = checked.statement
         lhs = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in st.indices)
         expr = builder.lift_all(builder.build(checked.expr), lhs)
-        builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False)
+        extents = tuple(_syntax_extent(checked.expr, i) if isinstance(i, str) else None for i in st.indices)
+        builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False, extents)
     for name, d in builder.definitions.items():
         if d.lifted:
             builder.definitions[name] = Definition(name, d.indices, d.expr, f"{index_str(d.lhs)} = {index_str(d.expr)}",

@@ -15,7 +15,7 @@ from einmlp.syntax import Call, Neg, Num, Ref, SumOver
 FUNCTIONS = {
     "exp": anp.exp, "log": anp.log, "tanh": anp.tanh, "sqrt": anp.sqrt, "abs": anp.abs,
     "sin": anp.sin, "cos": anp.cos,
-    "sigmoid": lambda x: 1 / (1 + anp.exp(-x)),
+    "sigmoid": lambda x: 0.5 * (1 + anp.tanh(0.5 * x)),  # no overflow for large |x|
     "relu": lambda x: anp.maximum(x, 0.0),
     "softplus": lambda x: anp.logaddexp(0.0, x),
 }

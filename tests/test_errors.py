@@ -114,6 +114,14 @@ def test_bad_arrays(arrays, word):
     assert word in str(info.value)
 
 
+def test_a_right_hand_side_that_cancels_keeps_its_shape():
+    """Found by the random programs: X[j,m] - X[j,m] is 0 in sympy, yet T keeps X's shape."""
+    prog = einmlp.parse("T[j,m,0] = X[j,m] - X[j,m]\nL = tanh(T[j,m,0]) + T[j,m,0]^2")
+    arrays = {"X": np.ones((2, 3))}
+    assert prog.compile(of="T")(**arrays).shape == (2, 3, 1)
+    np.testing.assert_array_equal(prog.grad("X").compile()(**arrays), np.zeros((2, 3)))
+
+
 def test_fixed_index_out_of_range():
     fn = einmlp.parse("A[i] = X[i,3]").compile()
     with pytest.raises(ShapeError, match="out of range"):
