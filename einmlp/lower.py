@@ -45,7 +45,7 @@ class Equation:
     code: str = ""          # for an einsum that is a plain matrix product: the direct numpy
 
     def __str__(self) -> str:
-        rhs = f"einsum('{self.text}', {', '.join(self.args)})" if self.op == "einsum" else self.text
+        rhs = self.code or (f"einsum('{self.text}', {', '.join(self.args)})" if self.op == "einsum" else self.text)
         return f"{self.out} = {rhs}" + (f"    # {self.comment}" if self.comment else "")
 
 
@@ -222,6 +222,15 @@ def _slot(position: int) -> sp.Symbol:
     while len(_SLOTS) <= position:
         _SLOTS.append(sp.Symbol(f"_slot{len(_SLOTS)}", integer=True))
     return _SLOTS[position]
+
+
+def _reduction(operand: tuple, out: tuple) -> str:
+    """The `.sum(axis=...)` source for a one-operand einsum that only sums axes, else ""."""
+    var, indices = operand
+    if len(set(indices)) < len(indices) or [i for i in indices if i in out] != list(out):
+        return ""
+    axes = tuple(k for k, i in enumerate(indices) if i not in out)
+    return f"{var}.sum(axis={axes[0] if len(axes) == 1 else axes})" if axes else ""
 
 
 class Lowerer:
@@ -443,7 +452,8 @@ class Lowerer:
         if key in self.cache:
             return self.cache[key]
         var = self.temp()
-        direct = _matmul(operands[0], operands[1], out_indices) if len(operands) == 2 else ""
+        direct = _matmul(operands[0], operands[1], out_indices) if len(operands) == 2 else \
+            _reduction(operands[0], out_indices) if len(operands) == 1 else ""
         self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts, code=direct))
         self.cache[key] = var
         return var
