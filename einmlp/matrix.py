@@ -16,7 +16,7 @@ Compound pieces two levels deep are named D, F, G, ... as the article names D an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 from opt_einsum import get_symbol
@@ -72,31 +72,35 @@ class Node:
         return {self.rows, self.cols} - {ONE}
 
 
-def _wrap(node: Node, text: str) -> str:
-    atomic = node.kind in ("leaf", "diag") or node.name or \
+def _wrap(node: Node, text: str, named: bool) -> str:
+    atomic = node.kind in ("leaf", "diag") or (node.name and named) or \
         (node.kind == "elem" and isinstance(node.expr, (sp.Function, Leaf, sp.Symbol)))
     return text if atomic else f"({text})"
 
 
-def render(node: Node, latex=None) -> str:
-    """Text of a matrix expression (or LaTeX, given a latex printer for elementwise factors)."""
-    if node.name:
+def render(node: Node, latex=None, named: bool = False) -> str:
+    """Text of a matrix expression (or LaTeX, given a latex printer for elementwise factors).
+
+    With `named`, pieces that have a name (D, F, ...) are written by it.
+    """
+    if node.name and named:
         if latex:
             from .latex import display
             return display(node.name)
         return node.name
     if node.kind in ("leaf", "elem"):
         return latex(node.expr) if latex else index_str(node.expr)
-    sub = [_wrap(p, render(p, latex)) for p in node.parts]
+    sub = [_wrap(p, render(p, latex, named), named) for p in node.parts]
     if node.kind == "matmul":
         left, right = node.parts[0], node.parts[-1]
         if not latex and len(sub) == 2 and left.cols == ONE and right.rows == ONE and (left.flat or right.flat):
-            return f"outer({render(left)}, {render(right)})".replace(".T,", ",").replace(".T)", ")")
+            return f"outer({render(left, None, named)}, {render(right, None, named)})".replace(".T,", ",") \
+                .replace(".T)", ")")
         return (r" \cdot " if latex else " @ ").join(sub)
     if node.kind == "hadamard":
         return (r" \odot " if latex else " * ").join(sub)
     if node.kind == "diag":
-        return (r"\operatorname{diag}(" if latex else "diag(") + render(node.parts[0], latex) + ")"
+        return (r"\operatorname{diag}(" if latex else "diag(") + render(node.parts[0], latex, named) + ")"
     return (rf"\textstyle\sum_{{{'rows' if node.axis == 0 else 'cols'}}} " + sub[0]) if latex \
         else f"{sub[0]}.sum(axis={node.axis})"
 
@@ -266,14 +270,13 @@ class MatrixForm:
 
     def named_text(self) -> str:
         """The matrix form using the named pieces, e.g. 2 * X.T @ (F * f1'(A))."""
-        return " + ".join(_term_text(c, t, named=True) for c, t in self.trees).replace("+ -", "- ") \
-            if self.exists else self.text
+        return _terms(self.trees, named=True) if self.exists else self.text
 
     def latex(self, named: bool = False) -> str:
         from .latex import to_latex
         if not self.exists:
             return to_latex(self.text)
-        return " + ".join(_term_latex(c, t, named) for c, t in self.trees).replace("+ -", "- ")
+        return _terms(self.trees, named, to_latex)
 
     def steps(self, lhs) -> list[Step]:
         from .latex import to_latex
@@ -282,9 +285,9 @@ class MatrixForm:
         out = [Step("Order the factors as matrix products, with transposes", lhs, self.transposed_text(),
                     latex_expr=self.transposed_text(to_latex))]
         for name, node in self.pieces:
-            node.name = None
-            out.append(Step("Name the piece", name, render(node), latex_expr=render(node, to_latex), subject=name))
-            node.name = name
+            piece = replace(node, name=None)  # the piece written out, the pieces inside it by name
+            out.append(Step("Name the piece", name, render(piece, named=True),
+                            latex_expr=render(piece, to_latex, named=True), subject=name))
         if self.pieces:
             out.append(Step("Matrix form with the named pieces", lhs, self.named_text(),
                             latex_expr=self.latex(named=True)))
@@ -295,9 +298,7 @@ class MatrixForm:
         """The index form with each factor written as the matrix it becomes, in product order."""
         terms = []
         for coeff, tree in self.trees:
-            saved = _unname(tree)
             factors = [_entry_text(leaf, latex) for leaf in _leaves(tree)]
-            _rename(saved)
             c = (latex(coeff) + r"\," if coeff not in (1, -1) else "-" * (coeff == -1)) if latex \
                 else _coeff_text(coeff).replace(" * ", " ")
             terms.append(c + (r"\, " if latex else " ").join(factors))
@@ -325,44 +326,22 @@ def _leaves(node: Node) -> list[Node]:
     return [leaf for p in node.parts for leaf in _leaves(p)]
 
 
-def _term_latex(coeff, tree: Node, named: bool) -> str:
-    from .latex import to_latex
-    saved = [] if named else _unname(tree)
-    text = render(tree, to_latex)
-    _rename(saved)
-    return ("" if coeff == 1 else "-" if coeff == -1 else to_latex(coeff) + r"\,") + text
-
-
 def _coeff_text(coeff) -> str:
     return "" if coeff == 1 else ("-" if coeff == -1 else f"{index_str(coeff)} * ")
 
 
-def _term_text(coeff, tree: Node, named: bool) -> str:
-    if not named:
-        saved = _unname(tree)
-        text = render(tree)
-        _rename(saved)
-    else:
-        text = render(tree)
-    c = _coeff_text(coeff)
-    return c + (f"({text})" if c == "-" and tree.kind in ("hadamard",) else text)
-
-
-def _unname(tree: Node) -> list:
-    saved = []
-    def walk(n):
-        if n.name:
-            saved.append((n, n.name))
-            n.name = None
-        for p in n.parts:
-            walk(p)
-    walk(tree)
-    return saved
-
-
-def _rename(saved) -> None:
-    for n, name in saved:
-        n.name = name
+def _terms(trees, named: bool, latex=None) -> str:
+    """The whole matrix form: each term's coefficient and tree, joined by + and -."""
+    out = []
+    for coeff, tree in trees:
+        text = render(tree, latex, named)
+        if latex:
+            c = "" if coeff == 1 else "-" if coeff == -1 else latex(coeff) + r"\,"
+        else:
+            c = _coeff_text(coeff)
+            text = f"({text})" if c == "-" and tree.kind == "hadamard" else text
+        out.append(c + text)
+    return " + ".join(out).replace("+ -", "- ")
 
 
 def _name_pieces(trees, taken: set) -> list:
@@ -438,7 +417,7 @@ def matrix_form(derivation) -> MatrixForm:
         trees.append((coeff, tree))
     if reason:
         return MatrixForm(_einsum_text(derivation), False, [], [], reason)
-    text = " + ".join(_term_text(c, t, False) for c, t in trees).replace("+ -", "- ") or "0"
+    text = _terms(trees, named=False) or "0"
     taken = set(model.inputs) | set(model.definitions)
     pieces = _name_pieces(trees, taken)
     return MatrixForm(text, True, trees, pieces)
