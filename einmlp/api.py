@@ -217,9 +217,6 @@ class Derivation:
 
     def compile(self, functions: dict | None = None) -> Compiled:
         """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape`."""
-        return self._compiled(functions)
-
-    def _compiled(self, functions):
         key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
         cache = self.__dict__.setdefault("_compile_cache", {})
         if key not in cache:

@@ -410,8 +410,7 @@ class Lowerer:
         if not candidates:
             return None
         _, k, m, code, keep = min(candidates, key=lambda c: c[0])
-        var = self.cache.get(code) or self.emit(code)
-        return {k, m}, (var, keep)
+        return {k, m}, (self.emit(code), keep)
 
     def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
         """One elementwise equation for a group of factors; returns (constant, variable, axes).
@@ -429,7 +428,6 @@ class Lowerer:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
         widest = max(members, key=lambda f: len(free_indices(f)))
         local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
-        parts = []
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
         codes = {key: f"({c})" if len(by_set[key]) > 1 else c for key, c in codes.items()}
@@ -452,8 +450,7 @@ class Lowerer:
         if key in self.cache:
             return self.cache[key]
         var = self.temp()
-        direct = _matmul(operands[0], operands[1], out_indices) if len(operands) == 2 else \
-            _reduction(operands[0], out_indices) if len(operands) == 1 else ""
+        direct = _reduction(operands[0], out_indices) if len(operands) == 1 else ""  # products: see contract
         self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts, code=direct))
         self.cache[key] = var
         return var
