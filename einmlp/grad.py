@@ -152,7 +152,7 @@ def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None
             raise UnknownNameError(f"{of} is not a target of the program (targets: {', '.join(model.targets)})")
         d = model.definitions[of]
         of_expr, of_free = d.expr, d.indices
-    taken = {s.name for d in model.definitions.values() for s in d.expr.atoms(sp.Symbol) if s.is_integer}
+    taken = set().union(*(index_names(d.expr) for d in model.definitions.values()))
     taken |= {s.name for s in of_free if s.is_Symbol} | index_names(of_expr)
     names = Names(taken)
     free_names = [n for n in WRT_NAMES if n not in names.taken]

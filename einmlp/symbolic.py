@@ -119,8 +119,7 @@ def free_indices(expr: sp.Basic, bound: frozenset = frozenset()) -> tuple[sp.Sym
 
 def index_names(expr: sp.Basic) -> set[str]:
     """Every index name used in `expr`, bound or free."""
-    names = {s.name for s in expr.atoms(sp.Symbol) if s.is_integer}
-    return names
+    return {s.name for s in expr.atoms(sp.Symbol) if s.is_integer}
 
 
 @dataclass(frozen=True, slots=True)
