@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from functools import cached_property
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import sympy as sp
 from . import shapes as shape_stage
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
-from .errors import EinmlpError, UnknownNameError
+from .errors import EinmlpError, ShapeError, UnknownNameError
 from .grad import RawDerivative, Step, differentiate
-from .lower import EinsumPlan, Lowerer
+from .lower import EinsumPlan, Lowerer, output
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
@@ -21,13 +22,18 @@ from .symbolic import ESum, Model, build_model
 
 
 class Compiled:
-    """A compiled function: `fn(**arrays)`; checks shapes once per shape signature."""
+    """A compiled function: `fn(**arrays)` or `fn(*arrays)` in the order of its repr.
 
-    def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None):
+    Shapes are checked once per shape signature, for every statement the result depends on.
+    """
+
+    def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None,
+                 checks: tuple[str, ...] = ()):
         self.model, self.plan, self.name = model, plan, name
         self._functions = check_functions(plan, functions)
-        self._fn = compile_plan(plan, name)
+        self._fn = compile_plan(plan)
         self._needed = tuple(plan.variables)
+        self._checks = checks  # statements to check as well when their inputs are given (the `of`)
         self._checked: set[tuple] = set()
 
     @property
@@ -35,18 +41,43 @@ class Compiled:
         """Standalone Python source of the same computation."""
         return python_source(self.plan, self.name)
 
-    def __call__(self, **arrays):
-        try:
-            args = [arrays[n] for n in self.plan.inputs]
-        except KeyError:
-            missing = [n for n in self.plan.inputs if n not in arrays]
-            raise EinmlpError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}") from None
+    def _arguments(self, args: tuple, arrays: dict) -> tuple[list, dict]:
+        """The plan's arrays in order, and the other inputs of the program that were given."""
+        names = self.plan.inputs
+        if len(args) > len(names):
+            raise EinmlpError(f"{self.name} takes {len(names)} arrays ({', '.join(names)}), got {len(args)}")
+        given, others = dict(zip(names, args)), {}
+        for name, value in arrays.items():
+            if name in given:
+                raise EinmlpError(f"{self.name} got array {name} both by position and by keyword")
+            if name in names:
+                given[name] = value
+            elif name in self.model.inputs:
+                others[name] = as_array(name, value)
+            else:
+                near = difflib.get_close_matches(name, list(self.model.inputs), n=1)
+                hint = f"; did you mean {near[0]}?" if near else ""
+                raise UnknownNameError(f"{self.name} has no input {name} (inputs: {', '.join(self.model.inputs)})"
+                                       f"{hint}")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise ShapeError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        return [given[n] for n in names], others
+
+    def _check_shapes(self, shapes: dict) -> None:
+        inputs = set(self.model.inputs)
+        names = self._needed + tuple(n for n in self._checks
+                                     if ((self.model.uses.get(n, frozenset()) | {n}) & inputs) <= shapes.keys())
+        shape_stage.bind_needed(self.model, shapes, names)
+
+    def __call__(self, *args, **arrays):
+        args, others = self._arguments(args, arrays)
         for k, a in enumerate(args):
             if type(a) is not np.ndarray or a.dtype.kind != "f":
                 args[k] = as_array(self.plan.inputs[k], a)
-        key = tuple([a.shape for a in args])
+        key = tuple([a.shape for a in args]) + tuple((n, a.shape) for n, a in others.items())
         if key not in self._checked:
-            shape_stage.bind_needed(self.model, dict(zip(self.plan.inputs, key)), self._needed)
+            self._check_shapes({**dict(zip(self.plan.inputs, key)), **{n: a.shape for n, a in others.items()}})
             self._checked.add(key)
         if self.plan.abstract:
             args.append(self._functions)
@@ -213,14 +244,15 @@ class Derivation:
     @cached_property
     def plan(self) -> EinsumPlan:
         lowerer = Lowerer(self.program.model)
-        return lowerer.plan({"": self.lower(lowerer, "grad_" + self.wrt)})
+        return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
     def compile(self, functions: dict | None = None) -> Compiled:
         """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape`."""
         key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
         cache = self.__dict__.setdefault("_compile_cache", {})
         if key not in cache:
-            cache[key] = Compiled(self.program.model, self.plan, "d" + self.of + "_d" + self.wrt, functions)
+            cache[key] = Compiled(self.program.model, self.plan, "d" + self.of + "_d" + self.wrt, functions,
+                                  checks=(self.of, self.wrt))
         return cache[key]
 
     def differentiated(self, functions: dict | None = None):
@@ -254,12 +286,12 @@ class Gradients:
     @cached_property
     def plan(self) -> EinsumPlan:
         lowerer = Lowerer(self.program.model)
-        outputs = {w: d.lower(lowerer, "grad_" + w) for w, d in self.derivations.items()}
+        outputs = {w: d.lower(lowerer, output(w)) for w, d in self.derivations.items()}
         return lowerer.plan(outputs)
 
     def compile(self, functions: dict | None = None) -> Compiled:
         """One function returning {name: gradient}, computing shared work once."""
-        return Compiled(self.program.model, self.plan, "grads_" + self.of, functions)
+        return Compiled(self.program.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt))
 
     def differentiated(self, functions: dict | None = None):
         return self.program.compile(self.of, functions)

@@ -7,13 +7,16 @@ opt_einsum contraction paths). The returned callable only does arithmetic.
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 from typing import Callable
 
 import numpy as np
 import opt_einsum as oe
 
-from .errors import EinmlpError, ShapeError
+from .errors import ShapeError, UnknownNameError
+from .functions import BUILTINS
 from .lower import EinsumPlan
 
 
@@ -60,12 +63,19 @@ RUNTIME = {"np": np, "_full": _full, "_arange": _arange, "_equal": _equal, "_ipo
 _HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow))
 
 
+_PRINTABLE = re.compile(r"[ -~]*")  # one line of printable ASCII
+
+
 def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool = True) -> str:
-    """The plan as a Python function; standalone source imports numpy and opt_einsum itself."""
-    args = ", ".join(plan.variables[n] for n in plan.inputs)
-    lines = [f"def {name}({args}{', _functions' if plan.abstract else ''}):"]
+    """The plan as a Python function; standalone source imports numpy and opt_einsum itself.
+
+    Only standalone source carries comments (einmlp's own index notation, one printable line
+    each); the source that `compile_plan` executes has none.
+    """
+    args = [plan.variables[n] for n in plan.inputs] + (["_functions"] if plan.abstract else [])
+    lines = [f"def {name}({', '.join(args)}):"]
     for k, eq in enumerate(plan.equations):
-        if eq.comment:
+        if standalone and eq.comment and _PRINTABLE.fullmatch(eq.comment):
             lines.append(f"    # {eq.comment}")
         if eq.op == "einsum" and eq.code:
             lines.append(f"    {eq.out} = {eq.code}")
@@ -83,16 +93,17 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     return body
 
 
-def compile_plan(plan: EinsumPlan, name: str = "compute"):
+def compile_plan(plan: EinsumPlan):
     """The plan as a Python function taking the input arrays positionally."""
+    name = "_compute"
     source = python_source(plan, name, standalone=False)
     namespace = dict(RUNTIME)
     namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
                       if eq.op == "einsum" and not eq.code})
     # The source is generated from the checked plan: every name in it is an identifier the
-    # parser accepted (mangled away from Python's keywords) or one of ours, and every number
-    # is printed from a sympy number. No user text reaches it.
-    exec(compile(source, f"<einmlp {name}>", "exec"), namespace)  # safe: generated from the checked plan
+    # parser accepted (mangled away from Python's keywords) or one of ours, every number is
+    # printed from a sympy number, and it has no comments. No user text reaches it.
+    exec(compile(source, "<einmlp>", "exec"), namespace)  # safe: generated from the checked plan
     return namespace[name]
 
 
@@ -114,7 +125,10 @@ def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:
     functions = dict(functions or {})
     missing = [f for f in plan.abstract if f not in functions]
     if missing:
-        raise EinmlpError(f"function{'s' * (len(missing) > 1)} {', '.join(missing)} "
-                          "are abstract: define them in the program, e.g. f(x) = x^2, or pass "
-                          "compile(functions={name: callable}) for each of them and their derivatives")
+        plural = len(missing) > 1
+        notes = [f"did you mean {near[0]}?" for f in dict.fromkeys(m.rstrip("'") for m in missing)
+                 if (near := difflib.get_close_matches(f, BUILTINS, n=1, cutoff=0.75))]
+        raise UnknownNameError(f"function{'s' * plural} {', '.join(missing)} {'are' if plural else 'is'} abstract: "
+                               "define it in the program, e.g. f(x) = x^2, or pass compile(functions={name: callable}) "
+                               f"for {'each of them' if plural else 'it'}{''.join(' (' + n + ')' for n in notes)}")
     return functions

@@ -81,7 +81,13 @@ class _Normalizer:
         return [Term(sp.S.One, (), (e,))]
 
     def sum_over(self, term: Term, e: ESum) -> Term:
-        """Sum a term over e's indices; an index the term no longer uses counts its extent."""
+        """Sum a term over e's indices; an index the term no longer uses counts its extent.
+
+        An inner sum over the same name (`y[nu] + sum[nu](z[nu])`) binds its own index: it is
+        renamed first, so the outer sum cannot capture it.
+        """
+        inner = set(term.summed) & set(e.indices)
+        term = _rename(term, {s: self.names.fresh(s.name) for s in inner})
         used = term.indices()
         summed, factors, extents = list(term.summed), list(term.factors), list(term.extents)
         for i, extent in zip(e.indices, e.extents):
@@ -210,11 +216,11 @@ def tidy(terms: list[Term]) -> list[Term]:
     """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
     out: list[Term] = []
     for t in terms:
-        t = _split(t, t.coeff, sp.Mul(*t.factors))
+        t = _count_orphans(_split(t, t.coeff, sp.Mul(*t.factors)))  # a cancelled factor can orphan an index
         for k, old in enumerate(out):
             merged = _combine(old, t)
             if merged is not None:
-                out[k] = merged
+                out[k] = _count_orphans(merged)
                 break
         else:
             out.append(t)
@@ -291,7 +297,7 @@ def contract_all(expr: sp.Expr, free: tuple, names: Names,
         t, r = contract(t, names)
         renames.extend(r)
         if t.coeff != 0:
-            contracted.append(simplify_with(t, definitions or {}))
+            contracted.append(_count_orphans(simplify_with(t, definitions or {})))
     form = IndexForm(tuple(tidy(contracted)), tuple(free))
     steps = [Step("Contract the deltas", sp.Symbol("_"), form.expr(), tuple(dict.fromkeys(renames)))]
     return form, steps, product

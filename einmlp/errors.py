@@ -34,3 +34,7 @@ class UnknownNameError(EinmlpError):
 class ShapeError(EinmlpError):
     """Arrays whose shapes disagree with the index notation."""
 
+
+
+class NumericError(EinmlpError):
+    """A constant that is not a finite float: division by zero, or a value too large."""

@@ -14,7 +14,7 @@ import sympy as sp
 
 from .errors import EinmlpError
 
-_x = sp.Symbol("x", real=True)
+_x = sp.Symbol("_x", real=True)  # a user name never starts with _, so no scalar of a program is this
 
 
 class sigmoid(sp.Function):
@@ -84,13 +84,25 @@ _NUMPY_BY_SYMPY_NAME.update(DERIVED_NUMPY)
 
 
 class UserFunction(sp.Function):
-    """A function of the program: defined by `f(x) = ...` or abstract; shown as f, f', f''."""
+    """A function of the program: defined by `f(x) = ...` or abstract; shown as f, f', f''.
+
+    The class name is einmlp's own (`_user_f_1`), so a user function called `Add` or
+    `Indexed` cannot take over sympy's printers; `label` is the name shown to the user.
+    """
 
     nargs = 1
     root: str = ""
     order: int = 0
     definition: sp.Expr | None = None  # the body in `_x`, differentiated `order` times
     _prime: type | None = None
+
+    @classmethod
+    def label(cls) -> str:
+        """The name as the user reads it: f, f', f''."""
+        return cls.root + "'" * cls.order
+
+    def _sympystr(self, printer):
+        return f"{self.label()}({printer._print(self.args[0])})"
 
     def fdiff(self, argindex=1):
         return type(self).prime()(self.args[0])
@@ -106,8 +118,8 @@ class UserFunction(sp.Function):
 
 def make_user_function(root: str, definition: sp.Expr | None, order: int = 0) -> type:
     """The sympy class of a program's function (or of its `order`-th derivative)."""
-    name = root + "'" * order
-    return type(name, (UserFunction,), {"root": root, "order": order, "definition": definition, "_prime": None})
+    return type(f"_user_{root}_{order}", (UserFunction,),
+                {"root": root, "order": order, "definition": definition, "_prime": None})
 
 
 @dataclass(slots=True)

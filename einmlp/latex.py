@@ -10,6 +10,8 @@ import re
 
 from sympy.printing.latex import LatexPrinter
 
+from .functions import UserFunction
+
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
          "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
          "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"}
@@ -96,12 +98,11 @@ class IndexLatexPrinter(LatexPrinter):
         return "{{" + name + r"}^{\top}}" if expr.transposed else name
 
     def _print_Function(self, expr, exp=None):
-        name = type(expr).__name__
+        name = expr.label() if isinstance(expr, UserFunction) else type(expr).__name__
         inner = self._print(expr.args[0])
         text = rf"{display_function(name)}\left({inner}\right)"
         return f"{text}^{{{exp}}}" if exp else text
 
-    _print_UserFunction = _print_Function  # noqa: N815 (sympy's hook name)
     _print_sigmoid = _print_relu = _print_softplus = _print_step = _print_Function
 
 

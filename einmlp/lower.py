@@ -18,8 +18,9 @@ terms broadcast to the output's axes.
 
 from __future__ import annotations
 
-import builtins
 import keyword
+import math
+import re
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
@@ -32,7 +33,10 @@ from .grad import Names
 from .render import index_str
 from .symbolic import Extent, Model, free_indices, index_names
 
-RESERVED = {"np", "oe"} | set(dir(builtins))
+# Generated code uses the globals np and oe, and names of its own that start with `_` (a user
+# name never does): temporaries _t1, outputs _grad_W1, helpers _full. User names are kept as
+# they are, except Python keywords and np/oe, which become _lambda_, _np_: out of reach too.
+MANGLED = set(keyword.kwlist) | {"np", "oe"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +68,21 @@ class EinsumPlan:
 
 
 def variable(name: str) -> str:
-    """A Python name for a program name (names that clash with Python get a trailing _)."""
-    return name + "_" if keyword.iskeyword(name) or name in RESERVED else name
+    """The Python name of a program name: itself, or _name_ for keywords and np/oe."""
+    return f"_{name}_" if name in MANGLED else name
+
+
+def output(name: str) -> str:
+    """The variable that holds the gradient with respect to `name`: _grad_W1."""
+    return "_grad_" + name
+
+
+def _float(number: sp.Expr) -> str:
+    """A constant as float source; a value beyond float range is np.inf, never the name inf."""
+    value = float(number)
+    if math.isfinite(value):
+        return repr(value)
+    return "np.nan" if math.isnan(value) else ("np.inf" if value > 0 else "-np.inf")
 
 
 def _letters(indices, letter_of) -> str:
@@ -124,10 +141,10 @@ class _Printer:
             return f"{self.var_of(e.name)}.shape[{e.axis}]"
         if e.is_Symbol:
             return self.var_of(e.name)
-        if e.is_Integer:
+        if e.is_Integer and abs(e) < 2 ** 53:
             return str(int(e))
-        if e.is_Number:
-            return repr(float(e))
+        if e.is_Number or isinstance(e, sp.NumberSymbol):
+            return _float(e)
         if isinstance(e, sp.Add):
             return self.add(e)
         if isinstance(e, sp.Mul):
@@ -139,7 +156,7 @@ class _Printer:
         if isinstance(e, UserFunction) and type(e).definition is not None:
             return self.p(type(e).definition.xreplace({PARAM: e.args[0]}))
         if isinstance(e, UserFunction):
-            return f"_functions[{type(e).__name__!r}]({self.p(e.args[0])})"
+            return f"_functions[{e.label()!r}]({self.p(e.args[0])})"
         if isinstance(e, sp.Function) and len(e.args) == 1:
             return numpy_source(e, self.p(e.args[0]))
         raise EinmlpError(f"cannot compile {e} to numpy")
@@ -288,20 +305,17 @@ class Lowerer:
 
         def size_of(i):
             return "1" if i in _SLOTS else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
-        parts, covered = [], set(_SLOTS)
+        parts, covered, arrays = [], set(), False
         for term in form.terms:
             var, indices, coeff = self.term(term, layout, size_of)
-            covered |= set(indices) if var else set()
+            arrays = arrays or bool(var)
+            if var and indices:  # laid out over the layout, size-1 axes included
+                covered |= set(indices) | (set(layout) & set(_SLOTS))
             part = align(var, indices, layout) if var else ""
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
-        if not covered >= set(layout) or not parts:  # broadcasting alone would not give the full shape
+        if not covered >= set(layout) or not arrays:  # broadcasting alone would not give a full float array
             code = f"_full(({''.join(f'{size_of(i)}, ' for i in layout)}), {code})"
-        last = self.equations[-1] if self.equations else None
-        if last is not None and code == last.out and last.out.startswith("_t"):
-            self.equations[-1] = replace(last, out=out, comment=comment)  # name it directly
-            self.cache = {k: (out if v == code else v) for k, v in self.cache.items()}
-            return out
         self.equations.append(Equation(out, "eval", (), code, comment))
         self.cache[code] = out
         return out
@@ -324,6 +338,8 @@ class Lowerer:
         plain: list[sp.Indexed] = []
         for f in term.factors:
             indices = free_indices(f)
+            if indices and not free_indices(inline_definitions(f)):  # f(t) = 2 t: f' is constant
+                f, indices = inline_definitions(f), ()
             if not indices:
                 coeff_parts.append(printer.atom(f))
             elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \
@@ -459,9 +475,24 @@ class Lowerer:
         for f in term.factors:
             for e in sp.preorder_traversal(inline_definitions(f)):
                 if isinstance(e, UserFunction):
-                    self.abstract[type(e).__name__] = None
+                    self.abstract[e.label()] = None
 
     def plan(self, outputs: dict[str, str]) -> EinsumPlan:
         inputs = tuple(n for n in self.model.inputs if n in self.inputs)
-        return EinsumPlan(inputs, tuple(self.equations), outputs, tuple(self.abstract),
+        return EinsumPlan(inputs, _name_directly(self.equations, outputs), outputs, tuple(self.abstract),
                           {n: variable(n) for n in self.defined})
+
+
+def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, ...]:
+    """`H = _t2`: compute H where _t2 was computed, and read H wherever _t2 was read."""
+    equations = list(equations)
+    for alias in [e for e in equations if e.op == "eval" and re.fullmatch(r"_t\d+", e.text)]:
+        temp, word = alias.text, re.compile(rf"(?<![\w.]){alias.text}(?!\w)")
+        if temp in outputs.values():
+            continue
+        equations.remove(alias)
+        equations = [replace(e, out=alias.out, comment=alias.comment) if e.out == temp else
+                     replace(e, args=tuple(alias.out if a == temp else a for a in e.args),
+                             text=word.sub(alias.out, e.text), code=word.sub(alias.out, e.code))
+                     for e in equations]
+    return tuple(equations)

@@ -7,13 +7,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .errors import ParseError
-from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Span, Statement, SumOver
+from .syntax import BinOp, Call, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Span, Statement, SumOver
 
 MAX_NESTING = 100  # parentheses, calls and unary minus inside one another
 MAX_DEPTH = 250    # depth of the resulting tree: long chains like a+b+c+... count too
+MAX_DIGITS = 40    # significant digits of a number literal
+MAX_EXPONENT = 300  # |e| of a literal's decimal exponent: its value stays a finite float
+
+# control characters other than tab and line feed (carriage returns of CRLF are dropped first)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 _TOKEN = re.compile(
-    r"(?P<space>[ \t\r]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n|;)"
+    r"(?P<space>[ \t]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n|;)"
     r"|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
     r"|(?P<name>[A-Za-z][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
 )
@@ -51,9 +56,12 @@ def tokenize(text: str) -> list[Token]:
 
 
 def _error(text: str, span: Span, message: str) -> ParseError:
-    lines = text.split("\n")
-    source_line = lines[span.line - 1] if 0 < span.line <= len(lines) else ""
-    return ParseError(message, span.line, span.column, source_line)
+    start = 0
+    for _ in range(span.line - 1):
+        start = text.find("\n", start) + 1
+    end = text.find("\n", start)
+    source_line = text[start:end if end >= 0 else len(text)]
+    return ParseError(message, span.line, span.column, _CONTROL.sub("?", source_line[:200]))
 
 
 def _describe(token: Token) -> str:
@@ -63,6 +71,7 @@ def _describe(token: Token) -> str:
 class _Parser:
     def __init__(self, text: str):
         self.text, self.tokens, self.pos, self.depth = text, tokenize(text), 0, 0
+        self.lines = text.split("\n")
 
     # -- token helpers -------------------------------------------------------------------
     @property
@@ -116,8 +125,7 @@ class _Parser:
         return Program(tuple(statements), tuple(functions))
 
     def source_of(self, start: int) -> str:
-        line = self.tokens[start].span.line
-        return self.text.split("\n")[line - 1].strip()
+        return self.lines[self.tokens[start].span.line - 1].strip()
 
     def is_definition(self) -> bool:
         return (self.tok.kind == "name" and self.peek().text == "(" and self.peek(2).kind == "name"
@@ -170,21 +178,29 @@ class _Parser:
 
     def _expr(self) -> Expr:
         left = self.product()
-        while self.at("+") or self.at("-"):
+        for _ in range(MAX_DEPTH + 1):
+            if not (self.at("+") or self.at("-")):
+                return left
             op = self.take()
             left = BinOp(op.text, left, self.product(), op.span)
-        return left
+        raise self.too_long()
+
+    def too_long(self) -> ParseError:
+        return self.error(f"expression nested more than {MAX_DEPTH} levels deep; split it into "
+                          "intermediate statements")
 
     def starts_atom(self) -> bool:
         return self.tok.kind in ("name", "number") or self.at("(")
 
     def product(self) -> Expr:
         left = self.unary()
-        while self.at("*") or self.at("/") or self.starts_atom():
+        for _ in range(MAX_DEPTH + 1):
+            if not (self.at("*") or self.at("/") or self.starts_atom()):
+                return left
             op = self.take().text if not self.starts_atom() else "*"
             span = self.tok.span
             left = BinOp(op, left, self.unary(), span)
-        return left
+        raise self.too_long()
 
     def unary(self) -> Expr:
         if self.at("-"):
@@ -206,12 +222,13 @@ class _Parser:
         token = self.tok
         if token.kind == "number":
             self.take()
-            return Num(_number(token.text), token.span)
+            return Num(self.number(token), token.span)
         if self.at("("):
             self.take()
             inner = self.expr()
             self.expect(")", "')'")
-            return inner
+            scoped = isinstance(inner, BinOp) and inner.op in "*/"
+            return Group(inner, token.span) if scoped else inner
         if token.kind != "name":
             raise self.error(f"expected a number, a name or '(', found {_describe(token)}")
         self.take()
@@ -227,6 +244,19 @@ class _Parser:
             self.expect(")", "')' closing the call")
             return Call(token.text, arg, token.span)
         return Ref(token.text, (), token.span)
+
+    def number(self, token: Token) -> Fraction:
+        """The exact value of a literal, refusing ones too long or too large for a float."""
+        mantissa, _, exponent = token.text.lower().partition("e")
+        digits = mantissa.replace(".", "").lstrip("0")
+        if len(digits) > MAX_DIGITS:
+            raise self.error(f"number {token.text[:20]}... has more than {MAX_DIGITS} digits", token.span)
+        if exponent and abs(int(exponent)) > MAX_EXPONENT:
+            raise self.error(f"number {token.text}: exponents beyond +-{MAX_EXPONENT} are out of range", token.span)
+        value = Fraction(token.text)
+        if value > Fraction(10) ** MAX_EXPONENT:
+            raise self.error(f"number {token.text} is too large", token.span)
+        return value
 
     def explicit_sum(self, token: Token) -> SumOver:
         indices = self.index_list()
@@ -253,17 +283,20 @@ def _depth(expr: Expr) -> int:
             stack.append((node.operand, depth + 1))
         elif isinstance(node, Call):
             stack.append((node.arg, depth + 1))
-        elif isinstance(node, SumOver):
+        elif isinstance(node, (SumOver, Group)):
             stack.append((node.body, depth + 1))
     return deepest
-
-
-def _number(text: str) -> Fraction | float:
-    return Fraction(text)
 
 
 def parse_syntax(text: str) -> Program:
     """Parse source text into syntax records; raises `ParseError` with a caret."""
     if not isinstance(text, str):
         raise ParseError(f"expected program text as a str, got {type(text).__name__}")
+    text = text.replace("\r\n", "\n")
+    control = _CONTROL.search(text)
+    if control:
+        line = text.count("\n", 0, control.start()) + 1
+        column = control.start() - (text.rfind("\n", 0, control.start()) + 1) + 1
+        raise _error(text, Span(line, column), f"control character {control.group()!r} is not allowed "
+                     "(only tab and line breaks)")
     return _Parser(text).program()

@@ -27,6 +27,12 @@ class _IndexPrinter(StrPrinter):
         of = self._print(expr.args[0])
         return f"d{'(' + of + ')' if '/' in of else of}/d{self._print(expr.args[1])}"
 
+    def _print_Function(self, expr):
+        from .functions import UserFunction
+        if isinstance(expr, UserFunction):  # sympy dispatches subclasses of Function here
+            return f"{expr.label()}({self._print(expr.args[0])})"
+        return super()._print_Function(expr)
+
     def _print_Leaf(self, expr):
         return expr.name + (".T" if expr.transposed else "") + ("[:, None]" if expr.column else "")
 

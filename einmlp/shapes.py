@@ -37,9 +37,11 @@ def _bind_entry(entry: sp.Indexed, shapes: dict, env: dict, where: str) -> None:
     for axis, i in enumerate(entry.indices):
         size = shape[axis]
         if i.is_Integer:
-            if int(i) >= size:
+            if size != 1 or i != 0:
+                problem = "is out of range" if i != 0 else "needs an axis of length 1"
                 raise ShapeError(f"{name}[{','.join(map(str, entry.indices))}] in `{where}`: axis {axis} of {name} "
-                                 f"has length {size}, so the fixed index {i} is out of range")
+                                 f"has length {size}, and the fixed index {i} {problem} (a fixed index is 0, "
+                                 "the only entry of a size-1 axis)")
             continue
         if i in env and env[i][0] != size:
             first = env[i]

@@ -9,12 +9,23 @@ is broadcast), and an index summed in one term but free in another is ambiguous.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .errors import IndexNotationError, ParseError, UnknownNameError
 from .functions import BUILTINS
-from .syntax import BinOp, Call, Expr, FunctionDef, Neg, Num, Program, Ref, Statement, SumOver
+from .syntax import BinOp, Call, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Statement, SumOver
+
+# reductions people reach for; einmlp's functions are elementwise, so each is refused with its spelling
+REDUCTIONS = {
+    "sum": "sum[i](x[i])", "mean": "sum[i](x[i]) / N with N given as an input, or a statement per mean",
+    "max": "a smooth stand-in such as log(sum[i](exp(x[i])))", "min": "-log(sum[i](exp(-x[i])))",
+    "norm": "sqrt(x[i] x[i])", "logsumexp": "log(sum[i](exp(x[i])))",
+    "softmax": "P[b,k] = exp(Z[b,k]) / sum[j](exp(Z[b,j]))", "prod": "exp(sum[i](log(x[i])))",
+    "dot": "x[i] y[i]", "matmul": "X[i,j] W[j,k]", "argmax": "no differentiable spelling",
+    "argmin": "no differentiable spelling", "var": "sum[i]((x[i] - m)^2) / N", "std": "sqrt of a variance",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,7 @@ class CheckedProgram:
     functions: tuple[FunctionDef, ...]
     inputs: dict[str, int]    # name -> rank, in order of first use
     targets: dict[str, int]   # name -> rank, in order of assignment
+    notes: tuple[str, ...] = ()  # warnings worth showing: names near a built-in, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,8 @@ class _Analyzer:
         return IndexNotationError(f"{message} (in `{self.where}`)")
 
     def run(self, expr: Expr, protected: frozenset[str]) -> tuple[Expr, _Info]:
+        if isinstance(expr, Group):  # parentheses scope the product inside, as a call does
+            return self.run(expr.body, protected)
         if isinstance(expr, Num):
             return expr, _Info((), frozenset())
         if isinstance(expr, Ref):
@@ -184,6 +198,8 @@ def _refs(expr: Expr):
     elif isinstance(expr, SumOver):
         yield expr
         yield from _refs(expr.body)
+    elif isinstance(expr, Group):
+        yield from _refs(expr.body)
     elif isinstance(expr, BinOp):
         yield from _refs(expr.left)
         yield from _refs(expr.right)
@@ -220,6 +236,25 @@ def _check_calls_are_not_tensors(program: Program, inputs: dict, targets: dict) 
                 raise UnknownNameError(f"{node.function} is a tensor but is called like a function "
                                        f"{node.function}(...); write {node.function} * (...) to multiply "
                                        f"(in `{statement.source}`)")
+
+
+def _abstract_notes(program: Program, defined: set[str]) -> tuple[str, ...]:
+    """Refuse undefined reductions; note abstract functions whose names are near a built-in."""
+    notes: dict[str, None] = {}
+    bodies = [(s.expr, s.source) for s in program.statements] + [(f.body, f.source) for f in program.functions]
+    for body, source in bodies:
+        for node in _refs(body):
+            if not isinstance(node, Call) or node.function in BUILTINS or node.function in defined:
+                continue
+            if node.function in REDUCTIONS:
+                raise UnknownNameError(f"{node.function}(...) is not a function of einmlp: functions are elementwise, "
+                                       f"and reductions are written with sums, e.g. {REDUCTIONS[node.function]} "
+                                       f"(in `{source}`)")
+            near = difflib.get_close_matches(node.function, BUILTINS, n=1, cutoff=0.75)
+            if near:
+                notes[f"{node.function} is not a built-in, so it is an abstract function; did you mean "
+                      f"{near[0]}? (in `{source}`)"] = None
+    return tuple(notes)
 
 
 def check_program(program: Program) -> CheckedProgram:
@@ -259,4 +294,5 @@ def check_program(program: Program) -> CheckedProgram:
     if not checked:
         raise ParseError("the program has no statements")
     _check_calls_are_not_tensors(program, inputs, targets)
-    return CheckedProgram(tuple(checked), program.functions, inputs, targets)
+    notes = _abstract_notes(program, functions)
+    return CheckedProgram(tuple(checked), program.functions, inputs, targets, notes)

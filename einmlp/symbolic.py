@@ -9,16 +9,20 @@ of products of elementwise factors, which both the chain rule and einsum underst
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from string import ascii_uppercase
 
 import sympy as sp
 from sympy.core.symbol import Str
 
+from .errors import NumericError
 from .functions import PARAM, FunctionTable
 from .render import index_str
 from .summation import CheckedProgram
-from .syntax import Call, Expr, Neg, Num, Ref, SumOver
+from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
+
+MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
 
 
 def index(name: str) -> sp.Symbol:
@@ -42,8 +46,11 @@ class Extent(sp.Expr):
 
     is_commutative = True
 
-    def __new__(cls, label: str, name: str, axis: int):
-        return sp.Expr.__new__(cls, Str(label), Str(name), sp.Integer(axis))
+    def __new__(cls, label, name, axis):
+        # sympy rebuilds nodes from their args (already Str), so accept both spellings
+        def text(s):
+            return s if isinstance(s, Str) else Str(s)
+        return sp.Expr.__new__(cls, text(label), text(name), sp.Integer(axis))
 
     label = property(lambda self: self.args[0].name)
     name = property(lambda self: self.args[1].name)
@@ -193,6 +200,8 @@ class _Builder:
         self.param: str | None = None  # while building a function definition's body
 
     def build(self, expr: Expr) -> sp.Expr:
+        if isinstance(expr, Group):
+            return self.build(expr.body)
         if isinstance(expr, Num):
             v = expr.value
             return sp.Rational(v.numerator, v.denominator)
@@ -206,6 +215,8 @@ class _Builder:
             return ESum(self.build(expr.body), [index(i) for i in expr.indices],
                         [_syntax_extent(expr.body, i) for i in expr.indices])
         left, right = self.build(expr.left), self.build(expr.right)
+        if expr.op == "^" and left.is_Number and right.is_Number:
+            _check_power(left, right)
         return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
                 "/": lambda: left / right, "^": lambda: left ** right}[expr.op]()
 
@@ -265,6 +276,24 @@ class _Builder:
         return ref(self.lifted[key], [i.name if i.is_Symbol else int(i) for i in pattern])
 
 
+def _check_power(base: sp.Number, exponent: sp.Number) -> None:
+    """Refuse a constant power too large to compute (9^9^9) before sympy tries."""
+    if base in (0, 1, -1):
+        return
+    size = abs(float(exponent)) * abs(math.log10(abs(float(base))))
+    if not size <= MAX_MAGNITUDE:
+        raise NumericError(f"the constant {base}^{exponent} is too large for a float (about 10^{size:.3g})")
+
+
+def check_constants(expr: sp.Expr, where: str) -> None:
+    """Every constant in `expr` is a finite number: no division by zero, nothing beyond a float."""
+    if expr.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
+        raise NumericError(f"`{where}` divides by zero or is not a number")
+    for number in expr.atoms(sp.Number):
+        if number != 0 and not abs(math.log10(abs(float(number)) or 1e-320)) <= MAX_MAGNITUDE:
+            raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
+
+
 def _fresh_names():
     yield from ascii_uppercase
     k = 1
@@ -276,7 +305,9 @@ def _fresh_names():
 def _define_functions(program: CheckedProgram, functions: FunctionTable, builder: _Builder) -> None:
     for definition in program.functions:
         builder.param = definition.param
-        functions.define(definition.name, builder.build(definition.body))
+        body = builder.build(definition.body)
+        check_constants(body, definition.source)
+        functions.define(definition.name, body)
     builder.param = None
 
 
@@ -288,7 +319,9 @@ def build_model(program: CheckedProgram) -> Model:
     for checked in program.statements:
         st = checked.statement
         lhs = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in st.indices)
-        expr = builder.lift_all(builder.build(checked.expr), lhs)
+        built = builder.build(checked.expr)
+        check_constants(built, st.source)
+        expr = builder.lift_all(built, lhs)
         extents = tuple(_syntax_extent(checked.expr, i) if isinstance(i, str) else None for i in st.indices)
         builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False, extents)
     for name, d in builder.definitions.items():

@@ -13,6 +13,9 @@ inside brackets or parentheses continues the statement)::
     power      := atom (('^' | '**') unary)?
     atom       := NUMBER | NAME '[' index, ... ']' | NAME '(' expr ')'
                 | 'sum' '[' NAME, ... ']' '(' expr ')' | NAME | '(' expr ')'
+
+Parentheses around a product are kept as a `Group`: they scope the product's sums as a
+call does (`1 / (y[h] y[h])` is `1 / sum_h y[h]^2`).
 """
 
 from __future__ import annotations
@@ -70,7 +73,13 @@ class SumOver:
     span: Span
 
 
-Expr = Num | Ref | Call | BinOp | Neg | SumOver
+@dataclass(frozen=True, slots=True)
+class Group:
+    body: "Expr"  # a parenthesised product: its repeated indices are summed inside
+    span: Span
+
+
+Expr = Num | Ref | Call | BinOp | Neg | SumOver | Group
 
 
 @dataclass(frozen=True, slots=True)
