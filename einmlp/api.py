@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import sympy as sp
 from . import shapes as shape_stage
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
-from .errors import EinmlpError, ShapeError, UnknownNameError
+from .errors import EinmlpError, EinmlpWarning, ShapeError, UnknownNameError, guarded
 from .grad import RawDerivative, Step, differentiate
 from .lower import EinsumPlan, Lowerer, output
 from .parse import parse_syntax
@@ -96,11 +97,19 @@ class Program:
         (['X', 'W'], ['A', 'L'])
     """
 
+    @guarded
     def __init__(self, text: str, name: str = "<string>"):
         self.text, self.name = text, name
         self.syntax = parse_syntax(text)
         self.checked = check_program(self.syntax)
         self.model = build_model(self.checked)
+        for note in self.checked.notes:
+            warnings.warn(note, EinmlpWarning, stacklevel=3)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What einmlp accepted but wants the user to look at (an abstract function near a built-in)."""
+        return list(self.checked.notes)
 
     @property
     def inputs(self) -> list[str]:
@@ -135,6 +144,7 @@ class Program:
         """d^2 of / d wrt^2, shaped `wrt.shape + wrt.shape` for a scalar `of`."""
         return Derivation(self, self._of(of), wrt, base=self.grad(wrt, of))
 
+    @guarded
     def compile(self, of: str | None = None, functions: dict | None = None) -> Compiled:
         """The forward value of `of` (default: the last statement) as `fn(**arrays)`."""
         of = self._of(of)
@@ -143,6 +153,7 @@ class Program:
         plan = lowerer.plan({"": lowerer.var_of(of)})
         return Compiled(self.model, plan, f"forward_{of}", functions)
 
+    @guarded
     def shapes(self, **input_shapes) -> str:
         """The dimension algebra of each statement for the given input shapes."""
         shapes = shape_stage.bind(self.model, {k: tuple(v) for k, v in input_shapes.items()})
@@ -164,6 +175,7 @@ class Program:
 class Derivation:
     """d of / d wrt, derived symbolically; prints as its index form."""
 
+    @guarded
     def __init__(self, program: Program, of: str, wrt: str, base: "Derivation | None" = None):
         self.program, self.of, self.wrt, self.base = program, of, wrt, base
         if wrt not in program.model.inputs:
@@ -204,6 +216,7 @@ class Derivation:
         return index_str(self.form.expr()) if self.form.terms else "0"
 
     @cached_property
+    @guarded
     def matrix(self):
         from .matrix import matrix_form
         return matrix_form(self)
@@ -214,6 +227,7 @@ class Derivation:
         return self.matrix.text
 
     @cached_property
+    @guarded
     def steps(self) -> list[Step]:
         """The article's steps: chain rule, each link, the product of deltas, the contraction, matrix form."""
         raw, (_, contraction, product) = self.raw, self._contracted
@@ -224,6 +238,7 @@ class Derivation:
         steps.extend(self.matrix.steps(lhs))
         return steps
 
+    @guarded
     def latex(self, document: bool = False) -> str:
         """The steps as an align* body, or a whole LaTeX document."""
         from .latex import derivation_latex
@@ -242,10 +257,12 @@ class Derivation:
         return lowerer.lower(self.form, name, bindings, comment=f"{self.label} = {self.index_form}")
 
     @cached_property
+    @guarded
     def plan(self) -> EinsumPlan:
         lowerer = Lowerer(self.program.model)
         return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
+    @guarded
     def compile(self, functions: dict | None = None) -> Compiled:
         """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape`."""
         key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
@@ -271,6 +288,7 @@ class Derivation:
 class Gradients:
     """Several derivatives of one output, compiled into one function that shares the work."""
 
+    @guarded
     def __init__(self, program: Program, of: str, wrt: tuple[str, ...]):
         if not wrt:
             raise EinmlpError("grad needs at least one name to differentiate with respect to")
@@ -284,11 +302,13 @@ class Gradients:
         return iter(self.derivations.values())
 
     @cached_property
+    @guarded
     def plan(self) -> EinsumPlan:
         lowerer = Lowerer(self.program.model)
         outputs = {w: d.lower(lowerer, output(w)) for w, d in self.derivations.items()}
         return lowerer.plan(outputs)
 
+    @guarded
     def compile(self, functions: dict | None = None) -> Compiled:
         """One function returning {name: gradient}, computing shared work once."""
         return Compiled(self.program.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt))

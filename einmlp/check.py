@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EinmlpError
+from .errors import EinmlpError, ShapeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class CheckResult:
         return self.ok
 
     def __str__(self) -> str:
+        if self.max_rel_error != self.max_rel_error:  # nan
+            return (f"FAILED: the derivative or the function is not finite (nan or inf) at these arrays, "
+                    f"so nothing can be compared")
         verdict = "ok" if self.ok else "FAILED"
         return (f"{verdict}: max relative error {self.max_rel_error:.3g} over {self.compared} "
                 f"{'entries' if self.mode == 'entrywise' else 'random directions'} (tolerance {self.tolerance:g})")
@@ -40,7 +43,10 @@ def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int 
         >>> einmlp.check(prog.grad("x"), {"x": np.arange(3.0)}).ok
         True
     """
-    arrays = {k: np.array(v, dtype=float) for k, v in arrays.items()}
+    try:
+        arrays = {k: np.array(v, dtype=float) for k, v in arrays.items()}
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"check needs numeric arrays: {exc}") from None
     wrts = derivation.wrt if isinstance(derivation.wrt, tuple) else (derivation.wrt,)
     for wrt in wrts:
         if wrt not in arrays:
@@ -67,6 +73,8 @@ def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int 
             # rounding in f itself: differences this small are not errors of the derivative
             noise = max(noise, 64 * np.finfo(float).eps * float(np.max(np.abs(plus), initial=0)) / h)
         numeric, exact = np.array(numeric), np.array(exact)
+        if not (np.all(np.isfinite(numeric)) and np.all(np.isfinite(exact))):
+            return CheckResult(float("nan"), False, tolerance, compared + len(probes), mode)
         scale = max(float(np.max(np.abs(numeric), initial=0)), float(np.max(np.abs(exact), initial=0)), 1e-300)
         excess = max(float(np.max(np.abs(numeric - exact), initial=0)) - noise, 0.0)
         worst = max(worst, excess / scale)

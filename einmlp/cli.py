@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .api import load
 from .codegen import python_source
-from .errors import EinmlpError
+from .errors import EinmlpError, EinmlpWarning
 
 FORMATS = ("text", "latex", "matrix", "einsum", "python", "pdf")
 
@@ -22,16 +24,23 @@ class UsageError(EinmlpError):
     """A command-line argument that is not well formed."""
 
 
+MAX_ELEMENTS = 50_000_000  # entries of one random array made for check (400 MB of float64)
+
+
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
     name, sep, dims = text.partition("=")
     if not sep or not name.strip():
         raise UsageError(f"--shape expects NAME=D1,D2,..., got {text!r}")
-    try:
-        shape = tuple(int(d) for d in dims.split(",") if d.strip()) if dims.strip() else ()
-    except ValueError:
-        raise UsageError(f"--shape {text!r}: the lengths must be whole numbers") from None
+    parts = [d.strip() for d in dims.split(",")] if dims.strip() else []
+    if not all(d.isdigit() for d in parts):
+        raise UsageError(f"--shape {text!r}: the lengths must be whole numbers separated by commas")
+    if any(len(d) > 9 for d in parts):
+        raise UsageError(f"--shape {text!r}: a length of {max(parts, key=len)} is too large")
+    shape = tuple(int(d) for d in parts)
     if any(d < 1 for d in shape):
         raise UsageError(f"--shape {text!r}: lengths must be positive")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise UsageError(f"--shape {text!r}: {math.prod(shape)} entries is more than {MAX_ELEMENTS}")
     return name.strip(), shape
 
 
@@ -132,10 +141,34 @@ def shapes(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with einmlp's error style: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        print(f"einmlp: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number from 0 to 999999999, got {text!r}")
+    return int(text)
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"--tolerance must be a number between 0 and 1, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the three subcommands."""
-    top = argparse.ArgumentParser(prog="einmlp", description="Derive gradients in Einstein index notation.")
-    sub = top.add_subparsers(dest="command", required=True)
+    top = _Parser(prog="einmlp", description="Derive gradients in Einstein index notation.")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, helptext in [("derive", "derive and show a gradient"),
                            ("check", "check a gradient against finite differences"),
                            ("shapes", "show the dimension algebra of each statement")]:
@@ -146,24 +179,39 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--of", help="the output to differentiate (default: the last statement)")
             p.add_argument("--hessian", action="store_true", help="the second derivative instead")
         if name == "derive":
-            p.add_argument("--format", choices=FORMATS, default="text")
+            p.add_argument("--format", choices=FORMATS, default="text",
+                           help="text (steps and plan), latex, matrix, einsum, python, or pdf (needs -o)")
             p.add_argument("-o", "--output", help="write to FILE instead of standard output")
         else:
             p.add_argument("--shape", action="append", metavar="NAME=D1,D2", help="an input's shape (repeat)")
         if name == "check":
-            p.add_argument("--seed", type=int, default=0)
-            p.add_argument("--tolerance", type=float, default=1e-6)
+            p.add_argument("--seed", type=_seed, default=0, help="seed of the random arrays (default 0)")
+            p.add_argument("--tolerance", type=_tolerance, default=1e-6,
+                           help="largest relative error that passes (default 1e-6)")
     return top
 
 
 def main(argv=None) -> int:
-    """Run the command line; an EinmlpError becomes one line on stderr and exit code 2."""
+    """Run the command line; bad input becomes one line on stderr and exit code 2, never a traceback.
+
+    Exit 1 is kept for one meaning: `check` ran and the gradient disagrees.
+    """
     args = parser().parse_args(argv)
     try:
-        return {"derive": derive, "check": check, "shapes": shapes}[args.command](args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EinmlpWarning)
+            code = {"derive": derive, "check": check, "shapes": shapes}[args.command](args)
+        for warning in caught:
+            print(f"einmlp: warning: {warning.message}", file=sys.stderr)
+        return code
     except EinmlpError as exc:
         print(f"einmlp: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+    except MemoryError:
+        print("einmlp: error: out of memory: use smaller --shape lengths", file=sys.stderr)
+    except Exception as exc:  # a bug of einmlp's: still one line, and not the exit code of a failed check
+        print(f"einmlp: error: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it",
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

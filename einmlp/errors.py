@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 
 class EinmlpError(Exception):
     """Base class of every error einmlp raises on bad input."""
+
+
+class EinmlpWarning(UserWarning):
+    """Input einmlp accepts but that may not mean what was meant (`sigmod` near `sigmoid`)."""
 
 
 class ParseError(EinmlpError):
@@ -38,3 +44,15 @@ class ShapeError(EinmlpError):
 
 class NumericError(EinmlpError):
     """A constant that is not a finite float: division by zero, or a value too large."""
+
+
+def guarded(method):
+    """Public entry points: a RecursionError from very deep input becomes a clear EinmlpError."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except RecursionError:
+            raise EinmlpError("the program is nested too deeply for einmlp to work on; "
+                              "split long chains of statements or expressions into fewer, flatter ones") from None
+    return wrapper

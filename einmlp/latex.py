@@ -95,7 +95,9 @@ class IndexLatexPrinter(LatexPrinter):
 
     def _print_Leaf(self, expr):
         name = display(expr.name)
-        return "{{" + name + r"}^{\top}}" if expr.transposed else name
+        if "^" in name:  # a layer superscript: braced, so a power of W1 is {W^{(1)}}^{2}
+            name = "{" + name + "}"
+        return "{" + name + r"^{\top}}" if expr.transposed else name
 
     def _print_Function(self, expr, exp=None):
         name = expr.label() if isinstance(expr, UserFunction) else type(expr).__name__

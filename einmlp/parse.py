@@ -13,6 +13,7 @@ MAX_NESTING = 100  # parentheses, calls and unary minus inside one another
 MAX_DEPTH = 250    # depth of the resulting tree: long chains like a+b+c+... count too
 MAX_DIGITS = 40    # significant digits of a number literal
 MAX_EXPONENT = 300  # |e| of a literal's decimal exponent: its value stays a finite float
+MAX_LINE = 100_000  # characters in one line: longer ones are refused before they are read
 
 # control characters other than tab and line feed (carriage returns of CRLF are dropped first)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -293,6 +294,9 @@ def parse_syntax(text: str) -> Program:
     if not isinstance(text, str):
         raise ParseError(f"expected program text as a str, got {type(text).__name__}")
     text = text.replace("\r\n", "\n")
+    for number, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_LINE:
+            raise ParseError(f"line {number} is longer than {MAX_LINE} characters; split it into statements")
     control = _CONTROL.search(text)
     if control:
         line = text.count("\n", 0, control.start()) + 1

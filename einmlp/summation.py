@@ -205,8 +205,12 @@ def _refs(expr: Expr):
         yield from _refs(expr.right)
 
 
+MAX_FUNCTION_DEPTH = 30  # user functions calling user functions, inside one another
+
+
 def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
     defined: set[str] = set()
+    depth: dict[str, int] = {}
     for definition in functions:
         if definition.name in BUILTINS or definition.name == "sum":
             raise UnknownNameError(f"{definition.name} is a built-in function and cannot be redefined "
@@ -225,6 +229,11 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
             if isinstance(node, Ref) and (node.indices or node.name != definition.param):
                 raise UnknownNameError(f"the body of {definition.name}({definition.param}) may only use "
                                        f"{definition.param}, not {node.name} (in `{definition.source}`)")
+        calls = [depth.get(n.function, 0) for n in _refs(definition.body) if isinstance(n, Call)]
+        depth[definition.name] = 1 + max(calls, default=0)
+        if depth[definition.name] > MAX_FUNCTION_DEPTH:
+            raise UnknownNameError(f"function {definition.name} calls functions nested more than {MAX_FUNCTION_DEPTH} "
+                                   f"deep; write some of them as statements (in `{definition.source}`)")
         defined.add(definition.name)
     return defined
 

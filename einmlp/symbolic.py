@@ -289,6 +289,8 @@ def check_constants(expr: sp.Expr, where: str) -> None:
     """Every constant in `expr` is a finite number: no division by zero, nothing beyond a float."""
     if expr.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
         raise NumericError(f"`{where}` divides by zero or is not a number")
+    if expr.has(sp.I):
+        raise NumericError(f"`{where}` has a constant that is not a real number (such as sqrt(-1))")
     for number in expr.atoms(sp.Number):
         if number != 0 and not abs(math.log10(abs(float(number)) or 1e-320)) <= MAX_MAGNITUDE:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
