@@ -129,6 +129,7 @@ def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:
         notes = [f"did you mean {near[0]}?" for f in dict.fromkeys(m.rstrip("'") for m in missing)
                  if (near := difflib.get_close_matches(f, BUILTINS, n=1, cutoff=0.75))]
         raise UnknownNameError(f"function{'s' * plural} {', '.join(missing)} {'are' if plural else 'is'} abstract: "
-                               "define it in the program, e.g. f(x) = x^2, or pass compile(functions={name: callable}) "
+                               f"define {'them' if plural else 'it'} in the program, e.g. f(x) = x^2, or pass "
+                               "compile(functions={name: callable}) "
                                f"for {'each of them' if plural else 'it'}{''.join(' (' + n + ')' for n in notes)}")
     return functions

@@ -92,6 +92,16 @@ BAD = [
     ("check", ARTICLE, "--wrt", "W1", "--shape", "X=10,3", "--shape", "W1=4,4", "--shape", "W2=4,1",
      "--shape", "Y=10,1"),
     ("shapes", ARTICLE, "--shape", "Z=1"),
+    # lengths that are too large, malformed or negative seeds: one line, not a traceback
+    ("check", ARTICLE, "--wrt", "W1", *SHAPES[:1], "X=100000,100000", *SHAPES[2:]),
+    ("check", ARTICLE, "--wrt", "W1", "--shape", "X=100000000000000000000,3"),
+    ("check", ARTICLE, "--wrt", "W1", "--shape", "X=10,,3"),
+    ("check", ARTICLE, "--wrt", "W1", *SHAPES, "--seed", "-1"),
+    ("check", ARTICLE, "--wrt", "W1", *SHAPES, "--tolerance", "lots"),
+    # argparse's own errors
+    ("derive",),
+    ("derive", ARTICLE, "--wrt", "W1", "--format", "bogus"),
+    ("frobnicate",),
 ]
 
 
@@ -102,6 +112,20 @@ def test_bad_input_exits_2_with_one_line(args):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("einmlp: error: ")
+
+
+def test_check_fails_with_exit_1_on_a_non_finite_gradient(tmp_path):
+    program = tmp_path / "sqrt.ein"
+    program.write_text("L = sqrt(x[i] - 10)\n")
+    result = run("check", str(program), "--wrt", "x", "--shape", "x=3")
+    assert result.returncode == 1 and "not finite" in result.stdout
+
+
+def test_a_near_miss_function_name_is_a_warning(tmp_path):
+    program = tmp_path / "sigmod.ein"
+    program.write_text("L = sigmod(x[i])\n")
+    result = run("derive", str(program), "--wrt", "x", "--format", "matrix")
+    assert result.returncode == 0 and "did you mean sigmoid?" in result.stderr
 
 
 def test_parse_error_in_file_exits_2(tmp_path):

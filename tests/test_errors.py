@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import einmlp
-from einmlp import EinmlpError, IndexNotationError, ParseError, ShapeError, UnknownNameError
+from einmlp import EinmlpError, IndexNotationError, NumericError, ParseError, ShapeError, UnknownNameError
 
 BAD_SOURCES = [
     # syntax
@@ -52,6 +52,28 @@ BAD_SOURCES = [
     ("A = x\nB = A(x)", UnknownNameError, "is a tensor"),
     ("tanh = x", UnknownNameError, "is a function"),
     ("L = x (x)^2", UnknownNameError, "x * (...)"),
+    # control characters: a line break that Python sees and einmlp does not must not exist
+    ("L = x[i] x[i] # \r__import__('os')", ParseError, "control character"),
+    ("L = x[i]\x00", ParseError, "control character"),
+    ("L = x[i] # \u2028 x", ParseError, "control character"),
+    ("L = x[i]" + " + x[i]" * 20000, ParseError, "longer than"),
+    # numbers: too long, too large, not finite, not real
+    ("L = x[i] * 1e100000000", ParseError, "out of range"),
+    ("L = x[i] * " + "7" * 5000, ParseError, "digits"),
+    ("L = x[i] * 9^9^9", NumericError, "too large"),
+    ("L = x[i] * 2^2^2^2^2^2", NumericError, "too large"),
+    ("L = x[i] * 1e300 * 1e300", NumericError, "beyond the range"),
+    ("L = x[i] * (0/0)", NumericError, "divides by zero"),
+    ("L = x[i] / 0", NumericError, "divides by zero"),
+    ("L = x[i] * sqrt(-1)", NumericError, "not a real number"),
+    # reductions are sums in einmlp
+    ("L = max(x[i])", UnknownNameError, "reductions are written with sums"),
+    ("L = mean(x[i])", UnknownNameError, "sum[i](x[i]) / N"),
+    ("L = norm(x[i])", UnknownNameError, "sqrt(x[i] x[i])"),
+    ("L = sum(x[i])", UnknownNameError, "sum[i](x[i])"),
+    # functions nested too deeply to differentiate
+    ("\n".join(["f0(x) = x^2"] + [f"f{k}(x) = f{k - 1}(x) + 1" for k in range(1, 40)] + ["L = f39(y)"]),
+     UnknownNameError, "nested more than"),
 ]
 
 
@@ -77,6 +99,9 @@ BAD_CALLS = [
     (lambda p: p.grad("nope"), UnknownNameError, "inputs: x, W"),
     (lambda p: p.grad([]), EinmlpError, "at least one"),
     (lambda p: p.compile(of="x"), UnknownNameError, "not a target"),
+    (lambda p: p.compile()(x=np.ones(2), W=np.ones((2, 2)), Wq=1), UnknownNameError, "did you mean W"),
+    (lambda p: p.compile()(x=np.ones(2)), ShapeError, "needs array W"),
+    (lambda p: einmlp.check(p.grad("x"), {"x": "abc", "W": np.ones((3, 3))}), ShapeError, "numeric"),
 ]
 
 

@@ -41,6 +41,8 @@ def test_align_body_and_document():
     ("L = T[i,j,k] a[i] b[j] c[k]", "T"),                       # no matrix form
     ("P[b,k] = exp(z[b,k]) / sum[j](exp(z[b,j]))\nL = -Y[b,k] log(P[b,k])", "z"),
     ("x_in2[i] = relu(u[i])\nL = x_in2[i] x_in2[i]", "u"),     # names that need escaping
+    ("H1[b,z] = tanh(X[b,d] W1[d,z])\nL = (H1[b,z] - T[b,z])^2", "W1"),  # a layer name raised to a power
+    ("Z1 = a2[i] a2[i]\nL = Z1^2 + sqrt(Z1)^3", "a2"),
 ])
 def test_documents_compile(source, wrt, tmp_path):
     if shutil.which("pdflatex") is None:
@@ -49,3 +51,18 @@ def test_documents_compile(source, wrt, tmp_path):
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-1500:]
+
+
+def test_random_programs_compile_in_latex(tmp_path):
+    """Property: whatever names and powers the random programs use (T1^2, X3^-1, ...), pdflatex compiles."""
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (Debian: texlive-latex-base)")
+    from programs import random_program
+    for seed in range(12):
+        generated = random_program(seed)
+        prog = einmlp.parse(generated.source)
+        d = prog.grad(prog.inputs[seed % len(prog.inputs)])
+        (tmp_path / "d.tex").write_text(d.latex(document=True))
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"seed {seed}:\n{generated.source}\n{run.stdout[-1500:]}"

@@ -1,0 +1,154 @@
+"""Bugs once seen, one row each: the program, its arrays, and the value written out by hand.
+
+Each expected value is plain numpy written from the language's definition (design.md §1),
+sharing nothing with einmlp; every gradient is also checked against finite differences.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import einmlp
+
+y = np.array([1.0, 2.0])
+a = np.array([0.5, 1.5, 2.0])
+u = np.array([1.0, 2.0, 3.0])
+z = np.array([1.0, 2.0, 3.0])
+Z = np.array([[1.0, 2.0, 3.0], [0.5, 1.0, 4.0]])
+c3 = np.array([1.0, -2.0, 0.5])
+
+# (source, wrt, arrays, forward value, gradient)
+CASES = [
+    # a left-hand side with literal axes only keeps its size-1 axis
+    ("Z[0] = y[j] y[j]\nL = Z[0]^2", "y", {"y": y}, 25.0, 4 * 5.0 * y),
+    ("Z[0] = s0\nL = Z[0]^2", "s0", {"s0": np.array(1.5)}, 2.25, np.array(3.0)),
+    ("Z[0] = y[j] y[j]\nL = Z[k] v[k]", "y", {"y": y, "v": np.array([3.0])}, 15.0, 2 * 3.0 * y),
+    ("Z[0,0] = y[j] y[j]\nL = Z[0,0] Z[0,0]", "y", {"y": y}, 25.0, 4 * 5.0 * y),
+    ("L[0] = x[i] y[i]", "y", {"x": np.array([3.0, 4.0]), "y": y}, np.array([11.0]), np.array([[3.0, 4.0]])),
+    # parentheses scope a product's sums: 1 / (y.y), not sum 1/y^2
+    ("L = 1 / (y[h] y[h])", "y", {"y": y}, 0.2, -2 * y / 25.0),
+    ("L = (y[h] y[h])^(-1)", "y", {"y": y}, 0.2, -2 * y / 25.0),
+    ("D = y[h] y[h]\nL = 1/D", "y", {"y": y}, 0.2, -2 * y / 25.0),
+    ("L = x[i] / (y[h] y[h])", "y", {"x": u[:2], "y": y}, 3.0 / 5.0, -2 * y * 3.0 / 25.0),
+    # sympy rebuilding an extent node
+    ("L = sqrt((c[q] c[q])^2)", "c", {"c": c3}, 5.25, 2 * c3),
+    # a summed index orphaned by a later cancellation keeps its extent
+    ("L = log(a[h] * (1 + a[j]^2))", "a",  {"a": a},
+     3 * np.sum(np.log(a)) + 3 * np.sum(np.log(1 + a ** 2)), 3 / a + 3 * 2 * a / (1 + a ** 2)),
+    ("O[n] = exp(s) u[n]\nL = log(O[l])", "s", {"s": np.array(0.3), "u": u},
+     np.sum(0.3 + np.log(u)), np.array(3.0)),
+    ("P[b,k] = Z[b,k] / sum[j](Z[b,j])\nL = log(P[b,k])", "Z", {"Z": Z},
+     np.sum(np.log(Z / Z.sum(1, keepdims=True))), 1 / Z - 3 / Z.sum(1, keepdims=True)),
+    # a temporary the caller already held
+    ("H[d] = y[i] x[i] c[d]\nL = H[d] c[d]", "c", {"y": y, "x": np.array([3.0, 4.0]), "c": c3},
+     11.0 * c3 @ c3, 2 * 11.0 * c3),
+    # a user function with a constant derivative keeps the axes
+    ("f(t) = 2*t\nL = f(T[b,k])", "T", {"T": Z}, 2 * Z.sum(), np.full(Z.shape, 2.0)),
+    # a bound index is not captured by a free one of the same name
+    ("L = y[nu] + sum[nu](z[nu])", "z", {"y": u, "z": z}, 6.0 + 3 * 6.0, np.full(3, 3.0)),
+    # a scalar called x is not the parameter of a function definition
+    ("A[i] = x*v[i]\nL = A[i] A[i]", "x", {"x": np.array(2.0), "v": y}, 20.0, np.array(2 * 2.0 * 5.0)),
+    ("g(x) = x^2\nA[i] = x*g(v[i])\nL = A[i]", "x", {"x": np.array(2.0), "v": y}, 10.0, np.array(5.0)),
+    # names that collide with numpy, Python or sympy
+    ("L = np[i] np_[i] lambda[i]", "np_", {"np": y, "np_": 2 * y, "lambda": 3 * y},
+     6 * np.sum(y ** 3), 3 * y * y),
+    ("Add(t) = t^2\nL = Add(x[i])", "x", {"x": y}, 5.0, 2 * y),
+    ("KroneckerDelta(t) = t^3\nL = KroneckerDelta(x[i])", "x", {"x": y}, 9.0, 3 * y * y),
+    # constants sympy evaluates to exact or very large numbers
+    ("L = x[i] * exp(1)", "x", {"x": y}, 3 * np.e, np.full(2, np.e)),
+    ("L = x[i] * tanh(100000000000000000000)", "x", {"x": y}, 3.0, np.ones(2)),
+]
+
+
+@pytest.mark.parametrize("source, wrt, arrays, value, gradient", CASES, ids=[c[0] for c in CASES])
+def test_regression(source, wrt, arrays, value, gradient):
+    prog = einmlp.parse(source)
+    forward = prog.compile()(**arrays)
+    assert np.shape(forward) == np.shape(value)
+    np.testing.assert_allclose(forward, value, rtol=1e-12)
+    d = prog.grad(wrt)
+    derived = d.compile()(**arrays)
+    assert np.shape(derived) == np.shape(gradient)
+    np.testing.assert_allclose(derived, gradient, rtol=1e-12, atol=1e-14)
+    assert einmlp.check(d, arrays).ok
+
+
+def test_several_gradients_do_not_overwrite_an_input_named_like_an_output():
+    """grad_x is a user name; the gradient with respect to x lives where no user name reaches."""
+    x, gx = np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0])
+    grads = einmlp.parse("L = x[i] grad_x[i] grad_x[i]").grad(["x", "grad_x"]).compile()(x=x, grad_x=gx)
+    np.testing.assert_allclose(grads["x"], gx * gx)
+    np.testing.assert_allclose(grads["grad_x"], 2 * x * gx)
+
+
+def test_a_comment_never_reaches_executed_code(tmp_path):
+    marker = tmp_path / "ran"
+    payload = f"__import__('os').system('touch {marker}')"
+    for text in [f"L = x[i] x[i] # \r{payload}\rdef _f():\r    #\n",
+                 f"L = x[i] x[i] # \x0b{payload}\n", f"L = x[i] x[i] # \x0c{payload}\n",
+                 f"L = x[i] x[i] # \u2028{payload}\n"]:
+        with pytest.raises(einmlp.ParseError, match="control character"):
+            einmlp.parse(text).compile()
+    prog = einmlp.parse(f"L = x[i] x[i]  # {payload}\n")
+    prog.grad("x").compile()(x=np.ones(2))
+    prog.compile()(x=np.ones(2))
+    assert payload not in prog.grad("x").compile().source
+    assert not marker.exists() and not os.path.exists("/tmp/p")
+
+
+def test_windows_line_endings_are_line_breaks():
+    assert einmlp.parse("A[i] = x[i]\r\nL = A[i] A[i]\r\n").grad("x").index_form == "2*A[m]"
+
+
+def test_compiled_function_arguments():
+    fn = einmlp.parse("A[i,k] = X[i,j] W[j,k]\nL = A[i,k]^2").grad("W").compile()
+    X, W = np.ones((2, 3)), np.ones((3, 4))
+    np.testing.assert_allclose(fn(X, W), fn(X=X, W=W))
+    with pytest.raises(einmlp.UnknownNameError, match="no input Wq.*did you mean W"):
+        fn(X=X, Wq=W)
+    with pytest.raises(einmlp.ShapeError, match="needs array W"):
+        fn(X=X)
+    with pytest.raises(einmlp.EinmlpError, match="both by position and by keyword"):
+        fn(X, X=X, W=W)
+
+
+def test_the_gradient_checks_the_shapes_of_the_loss_statement():
+    """T of shape (1, 2) must not broadcast silently against the batch of O."""
+    prog = einmlp.parse("O[b,k] = H[b,z] W[z,k]\nL = (O[b,k] - T[b,k])^2")
+    arrays = {"H": np.ones((4, 3)), "W": np.ones((3, 2)), "T": np.ones((1, 2))}
+    with pytest.raises(einmlp.ShapeError, match="index b"):
+        prog.grad("W").compile()(**arrays)
+
+
+def test_a_fixed_index_needs_a_size_one_axis():
+    prog = einmlp.parse("L = Y[i,0] Y[i,0]")
+    with pytest.raises(einmlp.ShapeError, match="length 1"):
+        prog.grad("Y").compile()(Y=np.ones((3, 2)))
+    prog = einmlp.parse("L = Y[i,1] Y[i,1]")
+    for fn in (prog.compile(), prog.grad("Y").compile()):
+        with pytest.raises(einmlp.ShapeError, match="out of range"):
+            fn(Y=np.ones((3, 1)))
+
+
+def test_check_fails_when_the_gradient_is_not_finite():
+    result = einmlp.check(einmlp.parse("L = sqrt(x[i])").grad("x"), {"x": -np.ones(2)})
+    assert not result.ok and "not finite" in str(result)
+
+
+def test_an_abstract_function_near_a_built_in_is_pointed_out():
+    with pytest.warns(einmlp.EinmlpWarning, match="did you mean sigmoid"):
+        prog = einmlp.parse("L = sigmod(x[i])")
+    assert prog.warnings and "sigmod" in prog.warnings[0]
+    with pytest.raises(einmlp.UnknownNameError, match=r"function sigmod is abstract.*did you mean sigmoid\?"):
+        prog.compile()
+    with pytest.raises(einmlp.UnknownNameError, match="function sigmod' is abstract"):
+        prog.grad("x").compile()
+    with pytest.raises(einmlp.UnknownNameError, match="functions g, sigmod are abstract: define them"):
+        einmlp.parse("L = sigmod(x[i]) g(x[i])").compile()
+
+
+def test_a_program_without_inputs_compiles():
+    assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
