@@ -13,7 +13,7 @@ import sympy as sp
 from . import shapes as shape_stage
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
-from .errors import EinmlpError, EinmlpWarning, ShapeError, UnknownNameError, guarded
+from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
 from .grad import RawDerivative, Step, differentiate
 from .lower import EinsumPlan, Lowerer, output
 from .parse import parse_syntax
@@ -182,7 +182,9 @@ class Derivation:
             raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input of the "
                                    f"program (inputs: {', '.join(program.inputs)})")
         self.order = 1 if base is None else base.order + 1
-        _ = self.form  # derive now, so errors surface at grad() time
+        if self.form.expr().has(sp.nan, sp.zoo):  # derive now, so errors surface at grad() time
+            raise NumericError(f"{self.label} is not defined: it comes out as {self.index_form} "
+                               "(a power of 0, or a division by 0, in the program)")
 
     @cached_property
     def raw(self) -> RawDerivative:

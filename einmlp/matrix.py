@@ -34,9 +34,9 @@ class Leaf(sp.Expr):
 
     is_commutative = True
 
-    def __new__(cls, name: str, transposed: bool, column: bool = False):
-        return sp.Expr.__new__(cls, sp.Symbol(name), sp.true if transposed else sp.false,
-                               sp.true if column else sp.false)
+    def __new__(cls, name, transposed: bool, column: bool = False):
+        label = name if isinstance(name, sp.Symbol) else sp.Symbol(name)  # sympy rebuilds from args
+        return sp.Expr.__new__(cls, label, sp.true if transposed else sp.false, sp.true if column else sp.false)
 
     name = property(lambda self: self.args[0].name)
     transposed = property(lambda self: bool(self.args[1]))

@@ -160,6 +160,9 @@ class _Parser:
         if token.kind == "name":
             return token.text
         if token.kind == "number" and token.text.isdigit():
+            if len(token.text) > 9:
+                raise self.error(f"a fixed index is 0 (the only entry of a size-1 axis), not {token.text[:20]}...",
+                                 token.span)
             return int(token.text)
         raise self.error(f"expected an index name or a non-negative integer, found {_describe(token)}",
                          token.span)

@@ -206,11 +206,18 @@ def _refs(expr: Expr):
 
 
 MAX_FUNCTION_DEPTH = 30  # user functions calling user functions, inside one another
+MAX_FUNCTION_SIZE = 2000  # nodes of a definition with every call written out (f(f(x)) doubles it)
+
+
+def _size(body: Expr, sizes: dict[str, int]) -> int:
+    """Nodes of `body` once every call of a defined function is replaced by its body."""
+    return sum(1 + (sizes.get(n.function, 0) if isinstance(n, Call) else 0) for n in _refs(body)) + 1
 
 
 def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
     defined: set[str] = set()
     depth: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for definition in functions:
         if definition.name in BUILTINS or definition.name == "sum":
             raise UnknownNameError(f"{definition.name} is a built-in function and cannot be redefined "
@@ -231,6 +238,11 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
                                        f"{definition.param}, not {node.name} (in `{definition.source}`)")
         calls = [depth.get(n.function, 0) for n in _refs(definition.body) if isinstance(n, Call)]
         depth[definition.name] = 1 + max(calls, default=0)
+        sizes[definition.name] = _size(definition.body, sizes)
+        if sizes[definition.name] > MAX_FUNCTION_SIZE:
+            raise UnknownNameError(f"function {definition.name} grows to more than {MAX_FUNCTION_SIZE} operations "
+                                   f"when its calls are written out; write some of them as statements "
+                                   f"(in `{definition.source}`)")
         if depth[definition.name] > MAX_FUNCTION_DEPTH:
             raise UnknownNameError(f"function {definition.name} calls functions nested more than {MAX_FUNCTION_DEPTH} "
                                    f"deep; write some of them as statements (in `{definition.source}`)")
