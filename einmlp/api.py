@@ -104,7 +104,7 @@ class Program:
         self.checked = check_program(self.syntax)
         self.model = build_model(self.checked)
         for note in self.checked.notes:
-            warnings.warn(note, EinmlpWarning, stacklevel=3)
+            warnings.warn(note, EinmlpWarning, stacklevel=4)  # the caller of einmlp.parse or load
 
     @property
     def warnings(self) -> list[str]:
