@@ -11,15 +11,16 @@ import numpy as np
 import sympy as sp
 
 from . import shapes as shape_stage
+from .adjoint import Backprop, backprop, path_count
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
-from .grad import RawDerivative, Step, differentiate
+from .grad import RawDerivative, Step, differentiate, entry
 from .lower import EinsumPlan, Lowerer, output
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
-from .symbolic import ESum, Model, build_model
+from .symbolic import ESum, Model, Partial, build_model
 
 
 class Compiled:
@@ -172,26 +173,67 @@ class Program:
         return f"<einmlp.Program {self.name}: inputs {self.inputs}, targets {self.targets}>"
 
 
+# The article's flat chain (every link expanded, then the deltas contracted) is shown where
+# it stays small; beyond these, a derivative reads from the backprop adjoints instead.
+FLAT_PATHS = 8        # chains of statements from `of` down to `wrt` (2^L for L residual blocks)
+FLAT_STATEMENTS = 12  # statements on those chains
+
+
+def _flat_is_small(model: Model, of: str, wrt: str) -> bool:
+    on_path = [n for n in model.definitions if (n == of or model.depends(of, n)) and model.depends(n, wrt)]
+    return path_count(model, of, wrt) <= FLAT_PATHS and len(on_path) <= FLAT_STATEMENTS
+
+
 class Derivation:
-    """d of / d wrt, derived symbolically; prints as its index form."""
+    """d of / d wrt, derived symbolically; prints as its index form.
+
+    `mode` is "flat" (the article's chain, every link expanded) or "adjoint" (reverse mode:
+    the gradient reads from one adjoint per statement); by default flat where it stays small.
+    """
 
     @guarded
-    def __init__(self, program: Program, of: str, wrt: str, base: "Derivation | None" = None):
+    def __init__(self, program: Program, of: str, wrt: str, base: "Derivation | None" = None,
+                 mode: str | None = None, backprop: Backprop | None = None):
         self.program, self.of, self.wrt, self.base = program, of, wrt, base
         if wrt not in program.model.inputs:
             raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input of the "
                                    f"program (inputs: {', '.join(program.inputs)})")
+        if mode not in (None, "flat", "adjoint") or (mode == "adjoint" and base is not None):
+            raise EinmlpError(f"mode must be 'flat' or 'adjoint' (adjoint for first derivatives), not {mode!r}")
         self.order = 1 if base is None else base.order + 1
+        small = base is not None or _flat_is_small(program.model, of, wrt)
+        self.mode = mode or ("flat" if small else "adjoint")
+        self._backprop = backprop
         if self.form.expr().has(sp.nan, sp.zoo):  # derive now, so errors surface at grad() time
             raise NumericError(f"{self.label} is not defined: it comes out as {self.index_form} "
                                "(a power of 0, or a division by 0, in the program)")
 
     @cached_property
+    def backprop(self) -> Backprop:
+        """The adjoints this derivative reads from (shared with the other gradients of `grad([...])`)."""
+        return self._backprop or backprop(self.program.model, self.of, (self.wrt,))
+
+    @property
+    def model(self) -> Model:
+        """The model the index form refers to: the program's, plus the adjoints it reads."""
+        if self.mode == "adjoint":
+            return self.backprop.model
+        return self.program.model if self.base is None else self.base.model
+
+    @cached_property
     def raw(self) -> RawDerivative:
         if self.base is None:
-            return differentiate(self.program.model, self.of, self.wrt)
+            return differentiate(self.model, self.of, self.wrt)
         form = self.base.form
-        return differentiate(self.program.model, self.base.label, self.wrt, of_expr=form.expr(), of_free=form.free)
+        return differentiate(self.model, self.base.label, self.wrt, of_expr=form.expr(), of_free=form.free)
+
+    @property
+    def lhs(self) -> sp.Expr:
+        """d of[..] / d wrt[..] as the steps title it."""
+        if self.mode == "flat":
+            return self.raw.steps[0].lhs
+        of_indices = self.model.definitions[self.of].indices
+        return Partial(entry(self.of, of_indices), entry(self.wrt, self.free[len(of_indices):]))
 
     @property
     def label(self) -> str:
@@ -199,14 +241,14 @@ class Derivation:
 
     @cached_property
     def _contracted(self) -> tuple[IndexForm, list[Step], sp.Expr]:
-        model = self.program.model
+        model = self.model
         elementwise = {n: d for n, d in model.definitions.items() if not d.expr.has(ESum) and d.indices}
         return contract_all(self.raw.expr, self.raw.free, self.raw.names, elementwise)
 
     @property
     def form(self) -> IndexForm:
         """The contracted index form: terms over the free indices."""
-        return self._contracted[0]
+        return self.backprop.adjoints[self.wrt].form if self.mode == "adjoint" else self._contracted[0]
 
     @property
     def free(self) -> tuple:
@@ -231,10 +273,18 @@ class Derivation:
     @cached_property
     @guarded
     def steps(self) -> list[Step]:
-        """The article's steps: chain rule, each link, the product of deltas, the contraction, matrix form."""
+        """The article's steps: chain rule, each link, the product of deltas, the contraction, matrix form.
+
+        In adjoint mode: the adjoint of each statement, as backpropagation computes them, then
+        the gradient read from them.
+        """
+        lhs = self.lhs
+        if self.mode == "adjoint":
+            steps = self.backprop.steps()
+            steps.append(Step("Gradient from the adjoints", lhs, self.form.expr()))
+            return steps + self.matrix.steps(lhs)
         raw, (_, contraction, product) = self.raw, self._contracted
         steps = list(raw.steps)
-        lhs = raw.steps[0].lhs
         steps.append(Step("Product of all deltas", lhs, product))
         steps.extend(Step(s.title, lhs, s.expr, s.renames) for s in contraction)
         steps.extend(self.matrix.steps(lhs))
@@ -251,17 +301,18 @@ class Derivation:
 
     def lower(self, lowerer: Lowerer, name: str) -> str:
         """Emit this derivative into a shared plan; returns the variable that holds it."""
-        model = self.program.model
+        model = self.model
         of_pattern = self.base.free if self.base is not None else model.definitions[self.of].indices
         wrt_axes = self.free[len(self.free) - model.inputs[self.wrt]:]
         bindings = {i: (self.of if self.base is None else self.wrt, a) for a, i in enumerate(of_pattern) if i.is_Symbol}
         bindings.update({i: (self.wrt, a) for a, i in enumerate(wrt_axes)})
-        return lowerer.lower(self.form, name, bindings, comment=f"{self.label} = {self.index_form}")
+        form = self.backprop.lowering[self.wrt] if self.mode == "adjoint" else self.form
+        return lowerer.lower(form, name, bindings, comment=f"{self.label} = {self.index_form}")
 
     @cached_property
     @guarded
     def plan(self) -> EinsumPlan:
-        lowerer = Lowerer(self.program.model)
+        lowerer = Lowerer(self.model)
         return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
     @guarded
@@ -270,7 +321,7 @@ class Derivation:
         key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
         cache = self.__dict__.setdefault("_compile_cache", {})
         if key not in cache:
-            cache[key] = Compiled(self.program.model, self.plan, "d" + self.of + "_d" + self.wrt, functions,
+            cache[key] = Compiled(self.model, self.plan, "d" + self.of + "_d" + self.wrt, functions,
                                   checks=(self.of, self.wrt))
         return cache[key]
 
@@ -295,7 +346,12 @@ class Gradients:
         if not wrt:
             raise EinmlpError("grad needs at least one name to differentiate with respect to")
         self.program, self.of, self.wrt = program, of, wrt
-        self.derivations = {w: Derivation(program, of, w) for w in wrt}
+        for w in wrt:
+            if w not in program.model.inputs:
+                raise UnknownNameError(f"cannot differentiate with respect to {w}: it is not an input of the "
+                                       f"program (inputs: {', '.join(program.inputs)})")
+        self.backprop = backprop(program.model, of, tuple(dict.fromkeys(wrt)))
+        self.derivations = {w: Derivation(program, of, w, backprop=self.backprop) for w in wrt}
 
     def __getitem__(self, name: str) -> Derivation:
         return self.derivations[name]
@@ -306,14 +362,16 @@ class Gradients:
     @cached_property
     @guarded
     def plan(self) -> EinsumPlan:
-        lowerer = Lowerer(self.program.model)
-        outputs = {w: d.lower(lowerer, output(w)) for w, d in self.derivations.items()}
+        """Every gradient read from the shared adjoints: each adjoint is computed once."""
+        lowerer = Lowerer(self.backprop.model)
+        outputs = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=self.backprop)
+                   .lower(lowerer, output(w)) for w in self.derivations}
         return lowerer.plan(outputs)
 
     @guarded
     def compile(self, functions: dict | None = None) -> Compiled:
         """One function returning {name: gradient}, computing shared work once."""
-        return Compiled(self.program.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt))
+        return Compiled(self.backprop.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt))
 
     def differentiated(self, functions: dict | None = None):
         return self.program.compile(self.of, functions)

@@ -92,7 +92,8 @@ class RawDerivative:
     names: Names
 
 
-def _entry(name: str, indices) -> sp.Expr:
+def entry(name: str, indices) -> sp.Expr:
+    """The entry `name[indices]` for sympy indices (a plain symbol when there are none)."""
     return sp.IndexedBase(name, real=True)[tuple(indices)] if indices else sp.Symbol(name, real=True)
 
 
@@ -108,10 +109,10 @@ class _Chain:
             if name not in self.model.definitions or not (self.model.depends(name, self.wrt)):
                 continue
             links = [self.names.link() for _ in range(self.model.rank(name))]
-            entry = _entry(name, links)
-            outer = expr.diff(entry)
+            link_entry = entry(name, links)
+            outer = expr.diff(link_entry)
             extents = [Extent(s.name, name, axis) for axis, s in enumerate(links)]
-            parts.append(ESum(outer * Partial(entry, self.wrt_entry), links, extents))
+            parts.append(ESum(outer * Partial(link_entry, self.wrt_entry), links, extents))
         return sp.Add(*parts)
 
     def definition_at(self, entry: sp.Expr) -> sp.Expr:
@@ -158,9 +159,9 @@ def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None
     free_names = [n for n in WRT_NAMES if n not in names.taken]
     wrt_indices = [names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt])]
     names.order.clear()
-    wrt_entry = _entry(wrt, wrt_indices)
+    wrt_entry = entry(wrt, wrt_indices)
     chain = _Chain(model, wrt, wrt_entry, names)
-    of_entry = _entry(of, of_free)
+    of_entry = entry(of, of_free)
     first = chain.local(of_expr)
     chain.steps.append(Step("Chain rule", Partial(of_entry, wrt_entry), first))
     expr = chain.expand(first)

@@ -165,7 +165,7 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
     intro = ("Repeated indices are summed (Einstein notation). The program:\n"
              + r"\[" + program_latex(derivation.program) + r"\]")
     from pathlib import Path
-    title = "$" + to_latex(derivation.raw.steps[0].lhs) + "$ for " + escape(Path(derivation.program.name).name)
+    title = "$" + to_latex(derivation.lhs) + "$ for " + escape(Path(derivation.program.name).name)
     return document(title, body, intro)
 
 

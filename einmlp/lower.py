@@ -291,6 +291,8 @@ class Lowerer:
     def emit(self, code: str, comment: str = "") -> str:
         if code in self.cache:
             return self.cache[code]
+        if code.isidentifier():  # already a variable: no statement that only copies a name
+            return code
         var = self.temp()
         self.equations.append(Equation(var, "eval", (), code, comment))
         self.cache[code] = var

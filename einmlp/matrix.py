@@ -383,7 +383,7 @@ def _einsum_text(derivation) -> str:
 
 def matrix_form(derivation) -> MatrixForm:
     """The matrix form of a derivation, or its einsum notation when none exists."""
-    model = derivation.program.model
+    model = derivation.model
     order = [i for i in derivation.free if i.is_Symbol]
     size1 = {}
     wrt_free = derivation.free[len(derivation.free) - model.inputs[derivation.wrt]:]

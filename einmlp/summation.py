@@ -172,6 +172,65 @@ def _check_lhs(statement: Statement) -> None:
                                      f"not {index} (in `{statement.source}`)")
 
 
+def _names(expr: Expr) -> list[str]:
+    """Index names of every reference in `expr`, with repeats."""
+    return [i for node in _refs(expr) if isinstance(node, Ref) for i in node.indices if isinstance(i, str)]
+
+
+def _free_names(expr: Expr) -> list[str]:
+    """Index names of `expr` not bound by a sum inside it."""
+    if isinstance(expr, SumOver):
+        return [i for i in _free_names(expr.body) if i not in expr.indices]
+    if isinstance(expr, Ref):
+        return [i for i in expr.indices if isinstance(i, str)]
+    children = [getattr(expr, f) for f in ("left", "right", "operand", "arg", "body") if hasattr(expr, f)]
+    return [i for child in children for i in _free_names(child)]
+
+
+def _renamed(expr: Expr, mapping: dict[str, str]) -> Expr:
+    if isinstance(expr, Ref):
+        return Ref(expr.name, tuple(mapping.get(i, i) if isinstance(i, str) else i for i in expr.indices), expr.span)
+    if isinstance(expr, SumOver):
+        return SumOver(tuple(mapping.get(i, i) for i in expr.indices), _renamed(expr.body, mapping), expr.span)
+    if isinstance(expr, (Neg, Group)):
+        field = "operand" if isinstance(expr, Neg) else "body"
+        return type(expr)(_renamed(getattr(expr, field), mapping), expr.span)
+    if isinstance(expr, Call):
+        return Call(expr.function, _renamed(expr.arg, mapping), expr.span)
+    if isinstance(expr, BinOp):
+        return BinOp(expr.op, _renamed(expr.left, mapping), _renamed(expr.right, mapping), expr.span)
+    return expr
+
+
+def _unshadow(expr: Expr, outside: list[str], taken: set[str]) -> Expr:
+    """Rename a sum's index where the same name is used outside it: `y[nu] + sum[nu](z[nu])`.
+
+    The sum binds its own index, so `sum[nu2](z[nu2])` means the same and no later stage can
+    mix the two up.
+    """
+    if isinstance(expr, SumOver):
+        clash = [i for i in expr.indices if i in outside]
+        mapping = {}
+        for i in clash:
+            k = 2
+            while f"{i}{k}" in taken:
+                k += 1
+            mapping[i] = f"{i}{k}"
+            taken.add(mapping[i])
+        body = _renamed(expr.body, mapping)
+        indices = tuple(mapping.get(i, i) for i in expr.indices)
+        return SumOver(indices, _unshadow(body, outside + list(indices), taken), expr.span)
+    if isinstance(expr, BinOp):
+        left = _unshadow(expr.left, outside + _free_names(expr.right), taken)
+        return BinOp(expr.op, left, _unshadow(expr.right, outside + _free_names(left), taken), expr.span)
+    if isinstance(expr, (Neg, Group)):
+        field = "operand" if isinstance(expr, Neg) else "body"
+        return type(expr)(_unshadow(getattr(expr, field), outside, taken), expr.span)
+    if isinstance(expr, Call):
+        return Call(expr.function, _unshadow(expr.arg, outside, taken), expr.span)
+    return expr
+
+
 def check_statement(statement: Statement) -> Checked:
     """Apply the summation rules to one statement."""
     _check_lhs(statement)
@@ -184,6 +243,7 @@ def check_statement(statement: Statement) -> Checked:
     rest = tuple(i for i in info.free if i not in lhs)
     if rest:
         expr = SumOver(rest, expr, statement.expr.span)
+    expr = _unshadow(expr, list(lhs), set(_names(expr)) | set(lhs))
     return Checked(statement, expr)
 
 

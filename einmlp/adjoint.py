@@ -1,0 +1,185 @@
+"""Reverse mode in index notation: one adjoint per statement, derived once and shared.
+
+For a target `of` and the statements on the way to the inputs asked for, walking the
+program backwards::
+
+    Tbar[p.., t..] = d of[p..] / d T[t..]
+                   = sum over each statement U that uses T:  sum[u]( Ubar[p.., u..] dU[u..]/dT[t..] )
+
+(`p` are the free indices of `of`; none for a scalar loss, whose own adjoint is 1.) Each
+local derivative dU/dT is the article's rule, Kronecker deltas from sympy, and is
+contracted at once, so the adjoints are the textbook backprop equations
+(`Abar[i,k] = Bbar[i,k] f1'(A[i,k])`) and their cost is linear in the program. Every
+adjoint becomes an ordinary definition of an augmented model, so lowering computes each
+one once, and every gradient reads from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import sympy as sp
+
+from .deltas import IndexForm, contract_all, normalize
+from .grad import WRT_NAMES, Names, Step, entry
+from .render import index_str
+from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names
+
+
+@dataclass(frozen=True, slots=True)
+class Adjoint:
+    tensor: str                 # the statement (or input) it is the adjoint of: C
+    name: str                   # the tensor that holds it: Cbar (for an input: the gradient)
+    form: IndexForm             # contracted, over `of`'s free indices and then the tensor's own
+    users: tuple[str, ...]      # statements whose adjoints it reads
+
+
+@dataclass(frozen=True, slots=True)
+class Backprop:
+    model: Model                   # the program's model plus one definition per adjoint, in order
+    of: str
+    adjoints: dict[str, Adjoint]   # tensor -> adjoint: statements, then the inputs asked for
+    names: Names
+    lowering: dict[str, IndexForm]  # tensor -> the form that runs (single-use products written out)
+
+    def steps(self) -> list[Step]:
+        """One step per adjoint, in the order backpropagation computes them."""
+        steps = []
+        for a in self.adjoints.values():
+            if a.tensor in self.model.inputs:
+                continue
+            lhs = self.model.definitions[a.name].lhs
+            steps.append(Step("Adjoint of", lhs, a.form.expr(), subject=a.tensor))
+        return steps
+
+
+def _direct(model: Model) -> dict[str, list[str]]:
+    """Tensor -> the statements whose right-hand side names it."""
+    users: dict[str, list[str]] = {}
+    for name, d in model.definitions.items():
+        for used in tensor_names(d.expr):
+            users.setdefault(used, []).append(name)
+    return users
+
+
+def path_count(model: Model, of: str, wrt: str) -> int:
+    """How many chains of statements lead from `of` down to `wrt` (2^L for L residual blocks)."""
+    counts: dict[str, int] = {wrt: 1}
+    for name, d in model.definitions.items():
+        counts[name] = sum(counts.get(t, 0) for t in set(tensor_names(d.expr)))
+    return counts.get(of, 0)
+
+
+def _name(model: Model, tensor: str, taken: set[str]) -> str:
+    name = tensor + "bar"
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+class _Walk:
+    def __init__(self, model: Model, of: str, names: Names):
+        self.model, self.of, self.names = model, of, names
+        self.of_def = model.definitions[of]
+        self.pattern = self.of_def.indices  # p: of's free indices (Integer 0 for its size-1 axes)
+        self.bars: dict[str, str] = {}       # statement -> its adjoint tensor
+        self.definitions: dict[str, Definition] = {}
+
+    def at(self, d: Definition, lhs: tuple) -> sp.Expr:
+        """U's right-hand side with its left-hand indices renamed to `lhs`, the rest fresh."""
+        rename = {own: new for own, new in zip(d.indices, lhs) if own.is_Symbol}
+        for own in sorted(index_names(d.expr) - {s.name for s in rename}):
+            rename[index(own)] = self.names.fresh(own)
+        return d.expr.xreplace(rename)
+
+    def contribution(self, user: str, target: sp.Expr) -> sp.Expr:
+        """sum[u]( Ubar[p.., u..] dU[u..]/dT[t..] ) for one statement U that uses T."""
+        d = self.model.definitions[user]
+        if user == self.of:  # the seed: d of[p] / d of[p'] is a delta, so read of at p directly
+            return self.at(d, self.pattern).diff(target)
+        links = tuple(self.names.link() if i.is_Symbol else i for i in d.indices)
+        bar = entry(self.bars[user], tuple(self.pattern) + links)
+        summed = [s for s in links if s.is_Symbol]
+        extents = [Extent(s.name, user, axis) for axis, s in enumerate(links) if s.is_Symbol]
+        return ESum(bar * self.at(d, links).diff(target), summed, extents)
+
+    def adjoint(self, tensor: str, users: list[str], own: tuple) -> IndexForm:
+        target = entry(tensor, own)
+        expr = sp.Add(*[self.contribution(u, target) for u in users])
+        local = {n: d for n, d in self.model.definitions.items()
+                 if n in set(users) | {tensor} and d.indices and not d.expr.has(ESum)}
+        form, _, _ = contract_all(expr, tuple(self.pattern) + own, self.names, local)
+        return form
+
+    def define(self, tensor: str, name: str, form: IndexForm) -> None:
+        of_extents = [Extent(i.name, self.of, a) if i.is_Symbol else None for a, i in enumerate(self.pattern)]
+        own = form.free[len(self.pattern):]
+        own_extents = [Extent(i.name, tensor, a) if i.is_Symbol else None for a, i in enumerate(own)]
+        source = f"{index_str(entry(name, form.free))} = {index_str(form.expr()) if form.terms else '0'}"
+        self.definitions[name] = Definition(name, tuple(form.free), form.expr(), source, True,
+                                            tuple(of_extents + own_extents))
+
+
+def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -> dict[str, sp.Expr]:
+    """What runs: an adjoint that is one elementwise product, read once, is written into its reader.
+
+    `Ytildebar = 2 Ytilde`, `Yhatbar = -Ytildebar`, `Cbar = Yhatbar f2'(C)` run as one fused
+    product; the steps still show each of them. Returns adjoint (or gradient) name -> expression.
+    """
+    reads: dict[str, int] = {}
+    for a in adjoints.values():
+        for name in set(tensor_names(a.form.expr())) & set(definitions):
+            reads[name] = reads.get(name, 0) + 1
+    inline = {a.name for a in adjoints.values() if reads.get(a.name) == 1
+              and len(a.form.terms) == 1 and not a.form.terms[0].summed}
+    computed: dict[str, sp.Expr] = {}
+
+    def written_out(e: sp.Indexed) -> sp.Expr:
+        d = definitions[e.base.label.name]
+        return computed[d.name].xreplace({own: at for own, at in zip(d.indices, e.indices) if own.is_Symbol})
+    for a in adjoints.values():  # in the order they are computed: readers after what they read
+        computed[a.name] = a.form.expr().replace(
+            lambda e: isinstance(e, sp.Indexed) and e.base.label.name in inline, written_out)
+    return computed
+
+
+def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
+    """The adjoint of every statement between `of` and `wrts`, and the gradient of each of `wrts`."""
+    users = _direct(model)
+    on_path = [n for n in model.definitions if (n == of or model.depends(of, n))
+               and any(model.depends(n, w) for w in wrts)]
+    taken = set().union(*(index_names(d.expr) | {s.name for s in d.indices if s.is_Symbol}
+                          for d in model.definitions.values()))
+    names = Names(taken)
+    walk = _Walk(model, of, names)
+    tensors = set(model.inputs) | set(model.definitions)
+    adjoints: dict[str, Adjoint] = {}
+    for tensor in reversed(on_path):
+        if tensor == of:
+            continue
+        readers = [u for u in users.get(tensor, []) if u in on_path]
+        own = tuple(model.definitions[tensor].indices)
+        own = tuple(names.fresh(i.name) if i.is_Symbol and i in walk.pattern else i for i in own)
+        name = _name(model, tensor, tensors)
+        form = walk.adjoint(tensor, readers, own)
+        walk.bars[tensor] = name
+        walk.define(tensor, name, form)
+        adjoints[tensor] = Adjoint(tensor, name, form, tuple(readers))
+    for wrt in wrts:
+        readers = [u for u in users.get(wrt, []) if u in on_path]
+        free_names = [n for n in WRT_NAMES if n not in names.taken]
+        own = tuple(names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt]))
+        form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
+        adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))
+    computed = _inlined(walk.definitions, adjoints)
+    runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
+    definitions = {**model.definitions, **runs}
+    uses = dict(model.uses)
+    for name, d in walk.definitions.items():
+        direct = tensor_names(d.expr)
+        uses[name] = frozenset(direct).union(*(uses.get(n, frozenset()) for n in direct))
+    augmented = Model(definitions, model.inputs, model.targets, model.functions, uses)
+    lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
+                for a in adjoints.values()}
+    return Backprop(augmented, of, adjoints, names, lowering)
