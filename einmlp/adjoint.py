@@ -23,7 +23,7 @@ import sympy as sp
 from .deltas import IndexForm, contract_all, normalize
 from .grad import WRT_NAMES, Names, Step, entry
 from .render import index_str
-from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names
+from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names, transitive_uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,8 @@ class Backprop:
 def _direct(model: Model) -> dict[str, list[str]]:
     """Tensor -> the statements whose right-hand side names it."""
     users: dict[str, list[str]] = {}
-    for name, d in model.definitions.items():
-        for used in tensor_names(d.expr):
+    for name, refs in model.refs.items():
+        for used in refs:
             users.setdefault(used, []).append(name)
     return users
 
@@ -65,8 +65,8 @@ def _direct(model: Model) -> dict[str, list[str]]:
 def path_count(model: Model, of: str, wrt: str) -> int:
     """How many chains of statements lead from `of` down to `wrt` (2^L for L residual blocks)."""
     counts: dict[str, int] = {wrt: 1}
-    for name, d in model.definitions.items():
-        counts[name] = sum(counts.get(t, 0) for t in set(tensor_names(d.expr)))
+    for name, refs in model.refs.items():
+        counts[name] = sum(counts.get(t, 0) for t in refs)
     return counts.get(of, 0)
 
 
@@ -144,6 +144,21 @@ def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -
     return computed
 
 
+def with_statement(model: Model, name: str, form: IndexForm, of: str, wrt: str) -> tuple[Model, str]:
+    """`model` with `name[of.., wrt..] = form` as one more statement: a derivative to differentiate again."""
+    taken = set(model.inputs) | set(model.definitions)
+    while name in taken:
+        name += "_"
+    of_axes = len(form.free) - model.inputs[wrt]
+    extents = tuple(None if not i.is_Symbol else Extent(i.name, of, a) if a < of_axes else Extent(i.name, wrt, a - of_axes)
+                    for a, i in enumerate(form.free))
+    expr = form.expr()
+    d = Definition(name, tuple(form.free), expr, f"{index_str(entry(name, form.free))} = {index_str(expr)}", True, extents)
+    refs = {**model.refs, name: tuple(tensor_names(expr))}
+    return Model({**model.definitions, name: d}, model.inputs, model.targets, model.functions,
+                 transitive_uses(refs), refs), name
+
+
 def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     """The adjoint of every statement between `of` and `wrts`, and the gradient of each of `wrts`."""
     users = _direct(model)
@@ -175,11 +190,8 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     computed = _inlined(walk.definitions, adjoints)
     runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
     definitions = {**model.definitions, **runs}
-    uses = dict(model.uses)
-    for name, d in walk.definitions.items():
-        direct = tensor_names(d.expr)
-        uses[name] = frozenset(direct).union(*(uses.get(n, frozenset()) for n in direct))
-    augmented = Model(definitions, model.inputs, model.targets, model.functions, uses)
+    refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}
+    augmented = Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs), refs)
     lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
                 for a in adjoints.values()}
     return Backprop(augmented, of, adjoints, names, lowering)

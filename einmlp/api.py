@@ -11,7 +11,7 @@ import numpy as np
 import sympy as sp
 
 from . import shapes as shape_stage
-from .adjoint import Backprop, backprop, path_count
+from .adjoint import Backprop, backprop, path_count, with_statement
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
@@ -198,11 +198,14 @@ class Derivation:
         if wrt not in program.model.inputs:
             raise UnknownNameError(f"cannot differentiate with respect to {wrt}: it is not an input of the "
                                    f"program (inputs: {', '.join(program.inputs)})")
-        if mode not in (None, "flat", "adjoint") or (mode == "adjoint" and base is not None):
-            raise EinmlpError(f"mode must be 'flat' or 'adjoint' (adjoint for first derivatives), not {mode!r}")
+        if mode not in (None, "flat", "adjoint"):
+            raise EinmlpError(f"mode must be 'flat' or 'adjoint', not {mode!r}")
         self.order = 1 if base is None else base.order + 1
-        small = base is not None or _flat_is_small(program.model, of, wrt)
-        self.mode = mode or ("flat" if small else "adjoint")
+        if mode is None and base is not None:
+            mode = base.mode
+        if mode is None:
+            mode = "flat" if _flat_is_small(program.model, of, wrt) else "adjoint"
+        self.mode = mode
         self._backprop = backprop
         if self.form.expr().has(sp.nan, sp.zoo):  # derive now, so errors surface at grad() time
             raise NumericError(f"{self.label} is not defined: it comes out as {self.index_form} "
@@ -210,8 +213,18 @@ class Derivation:
 
     @cached_property
     def backprop(self) -> Backprop:
-        """The adjoints this derivative reads from (shared with the other gradients of `grad([...])`)."""
-        return self._backprop or backprop(self.program.model, self.of, (self.wrt,))
+        """The adjoints this derivative reads from (shared with the other gradients of `grad([...])`).
+
+        A second derivative backpropagates again: the first derivative becomes one more
+        statement of the model that holds its adjoints (reverse over reverse).
+        """
+        if self._backprop is not None:
+            return self._backprop
+        if self.base is None:
+            return backprop(self.program.model, self.of, (self.wrt,))
+        model, name = with_statement(self.base.model, "d" + self.base.of + "_d" + self.base.wrt, self.base.form,
+                                     self.base.of, self.base.wrt)
+        return backprop(model, name, (self.wrt,))
 
     @property
     def model(self) -> Model:
@@ -232,6 +245,8 @@ class Derivation:
         """d of[..] / d wrt[..] as the steps title it."""
         if self.mode == "flat":
             return self.raw.steps[0].lhs
+        if self.base is not None:
+            return Partial(self.base.lhs, entry(self.wrt, self.free[len(self.base.free):]))
         of_indices = self.model.definitions[self.of].indices
         return Partial(entry(self.of, of_indices), entry(self.wrt, self.free[len(of_indices):]))
 
@@ -299,13 +314,21 @@ class Derivation:
     def _repr_latex_(self) -> str:
         return r"\begin{align*}" + self.latex() + r"\end{align*}"
 
+    def axes(self) -> dict:
+        """Free index -> (tensor, axis) giving its length: `of`'s axes first, then each `wrt`'s."""
+        rank = self.program.model.inputs[self.wrt]
+        own = self.free[len(self.free) - rank:] if rank else ()
+        if self.base is not None:
+            bindings = self.base.axes()
+        else:
+            of_indices = self.program.model.definitions[self.of].indices
+            bindings = {i: (self.of, a) for a, i in enumerate(of_indices) if i.is_Symbol}
+        bindings.update({i: (self.wrt, a) for a, i in enumerate(own) if i.is_Symbol})
+        return bindings
+
     def lower(self, lowerer: Lowerer, name: str) -> str:
         """Emit this derivative into a shared plan; returns the variable that holds it."""
-        model = self.model
-        of_pattern = self.base.free if self.base is not None else model.definitions[self.of].indices
-        wrt_axes = self.free[len(self.free) - model.inputs[self.wrt]:]
-        bindings = {i: (self.of if self.base is None else self.wrt, a) for a, i in enumerate(of_pattern) if i.is_Symbol}
-        bindings.update({i: (self.wrt, a) for a, i in enumerate(wrt_axes)})
+        bindings = self.axes()
         form = self.backprop.lowering[self.wrt] if self.mode == "adjoint" else self.form
         return lowerer.lower(form, name, bindings, comment=f"{self.label} = {self.index_form}")
 
@@ -351,10 +374,19 @@ class Gradients:
                 raise UnknownNameError(f"cannot differentiate with respect to {w}: it is not an input of the "
                                        f"program (inputs: {', '.join(program.inputs)})")
         self.backprop = backprop(program.model, of, tuple(dict.fromkeys(wrt)))
-        self.derivations = {w: Derivation(program, of, w, backprop=self.backprop) for w in wrt}
+        self._derivations: dict[str, Derivation] = {}
+
+    @property
+    def derivations(self) -> dict[str, Derivation]:
+        """Each gradient as a Derivation, derived for display when first asked for."""
+        return {w: self[w] for w in self.wrt}
 
     def __getitem__(self, name: str) -> Derivation:
-        return self.derivations[name]
+        if name not in self.wrt:
+            raise UnknownNameError(f"{name} is not one of the gradients asked for ({', '.join(self.wrt)})")
+        if name not in self._derivations:
+            self._derivations[name] = Derivation(self.program, self.of, name, backprop=self.backprop)
+        return self._derivations[name]
 
     def __iter__(self):
         return iter(self.derivations.values())
@@ -365,7 +397,7 @@ class Gradients:
         """Every gradient read from the shared adjoints: each adjoint is computed once."""
         lowerer = Lowerer(self.backprop.model)
         outputs = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=self.backprop)
-                   .lower(lowerer, output(w)) for w in self.derivations}
+                   .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
         return lowerer.plan(outputs)
 
     @guarded

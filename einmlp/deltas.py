@@ -8,6 +8,7 @@ collects equal terms and simplifies each elementwise factor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -158,6 +159,7 @@ def _groups(term: Term) -> dict[frozenset, sp.Expr]:
     return groups
 
 
+@functools.lru_cache(maxsize=65536)  # tidy asks for each (term, skip) once per other term
 def _canonical(term: Term, skip: frozenset | None = None) -> tuple:
     """A key equal for terms that differ only in the names of their summed indices.
 

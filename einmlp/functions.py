@@ -17,7 +17,27 @@ from .errors import EinmlpError
 _x = sp.Symbol("_x", real=True)  # a user name never starts with _, so no scalar of a program is this
 
 
-class sigmoid(sp.Function):
+class _Real(sp.Function):
+    """An elementwise function that is real on real arguments (so |f|' is sign(f) f', not re/im)."""
+
+    nargs = 1
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+
+class Abs(sp.Abs):
+    """|x| with derivative sign(x) x' for every argument: the language's values are real.
+
+    sympy's own falls back to re/im/atan2 when it cannot prove an argument such as sqrt(x)
+    real; named Abs so sympy's printers treat it as |x|.
+    """
+
+    def _eval_derivative(self, s):
+        return sp.sign(self.args[0]) * self.args[0].diff(s)
+
+
+class sigmoid(_Real):
     """The logistic function 1 / (1 + exp(-x))."""
 
     nargs = 1
@@ -26,7 +46,7 @@ class sigmoid(sp.Function):
         return self * (1 - self)
 
 
-class step(sp.Function):
+class step(_Real):
     """Heaviside step with step(0) = 0: the derivative of relu."""
 
     nargs = 1
@@ -35,7 +55,7 @@ class step(sp.Function):
         return sp.S.Zero
 
 
-class relu(sp.Function):
+class relu(_Real):
     """max(x, 0)."""
 
     nargs = 1
@@ -44,7 +64,7 @@ class relu(sp.Function):
         return step(self.args[0])
 
 
-class softplus(sp.Function):
+class softplus(_Real):
     """log(1 + exp(x)), computed stably."""
 
     nargs = 1
@@ -69,13 +89,14 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
     Builtin("relu", relu, "np.maximum({x}, 0.0)", step),
     Builtin("softplus", softplus, "np.logaddexp(0.0, {x})", sigmoid),
     Builtin("sqrt", sp.sqrt, "np.sqrt({x})", lambda x: 1 / (2 * sp.sqrt(x))),
-    Builtin("abs", sp.Abs, "np.abs({x})", sp.sign),
+    Builtin("abs", Abs, "np.abs({x})", sp.sign),
     Builtin("sin", sp.sin, "np.sin({x})", sp.cos),
     Builtin("cos", sp.cos, "np.cos({x})", lambda x: -sp.sin(x)),
 ]}
 
-# Functions that only derivatives produce: sympy name -> numpy source.
-DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})"}
+# Functions that only derivatives produce: sympy name -> numpy source. sign' is 2 DiracDelta,
+# taken as 0 as relu'' is (the kink itself has measure zero).
+DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})", "DiracDelta": "0.0*({x})"}
 
 
 # sympy class name -> numpy source (sqrt is a power in sympy, printed as np.sqrt elsewhere)
@@ -83,7 +104,7 @@ _NUMPY_BY_SYMPY_NAME = {b.sympy(_x).func.__name__: b.numpy for b in BUILTINS.val
 _NUMPY_BY_SYMPY_NAME.update(DERIVED_NUMPY)
 
 
-class UserFunction(sp.Function):
+class UserFunction(_Real):
     """A function of the program: defined by `f(x) = ...` or abstract; shown as f, f', f''.
 
     The class name is einmlp's own (`_user_f_1`), so a user function called `Add` or

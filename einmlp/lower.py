@@ -486,15 +486,24 @@ class Lowerer:
 
 
 def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, ...]:
-    """`H = _t2`: compute H where _t2 was computed, and read H wherever _t2 was read."""
-    equations = list(equations)
-    for alias in [e for e in equations if e.op == "eval" and re.fullmatch(r"_t\d+", e.text)]:
-        temp, word = alias.text, re.compile(rf"(?<![\w.]){alias.text}(?!\w)")
-        if temp in outputs.values():
+    """`H = _t2`: compute H where _t2 was computed, and read H wherever _t2 was read (one pass)."""
+    aliases: dict[str, Equation] = {}
+    for e in equations:
+        if e.op == "eval" and re.fullmatch(r"_t\d+", e.text) and e.text not in outputs.values():
+            aliases.setdefault(e.text, e)
+    dropped = {id(e) for e in aliases.values()}
+
+    def renamed(text: str) -> str:
+        return _TEMP.sub(lambda m: aliases[m.group(1)].out if m.group(1) in aliases else m.group(1), text)
+    out = []
+    for e in equations:
+        if id(e) in dropped:
             continue
-        equations.remove(alias)
-        equations = [replace(e, out=alias.out, comment=alias.comment) if e.out == temp else
-                     replace(e, args=tuple(alias.out if a == temp else a for a in e.args),
-                             text=word.sub(alias.out, e.text), code=word.sub(alias.out, e.code))
-                     for e in equations]
-    return tuple(equations)
+        if e.out in aliases:
+            e = replace(e, out=aliases[e.out].out, comment=aliases[e.out].comment)
+        out.append(replace(e, args=tuple(aliases[a].out if a in aliases else a for a in e.args),
+                           text=renamed(e.text), code=renamed(e.code)))
+    return tuple(out)
+
+
+_TEMP = re.compile(r"(?<![\w.])(_t\d+)(?!\w)")

@@ -10,7 +10,7 @@ of products of elementwise factors, which both the chain rule and einsum underst
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from string import ascii_uppercase
 
 import sympy as sp
@@ -158,6 +158,7 @@ class Model:
     targets: tuple[str, ...]            # assigned by the user, in order
     functions: FunctionTable
     uses: dict[str, frozenset[str]]     # name -> every tensor it depends on, transitively
+    refs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> tensors its right side names
 
     def rank(self, name: str) -> int:
         return len(self.definitions[name].indices) if name in self.definitions else self.inputs[name]
@@ -330,8 +331,14 @@ def build_model(program: CheckedProgram) -> Model:
         if d.lifted:
             builder.definitions[name] = Definition(name, d.indices, d.expr, f"{index_str(d.lhs)} = {index_str(d.expr)}",
                                                    True)
+    refs = {name: tuple(tensor_names(d.expr)) for name, d in builder.definitions.items()}
+    return Model(builder.definitions, dict(program.inputs), tuple(program.targets), functions,
+                 transitive_uses(refs), refs)
+
+
+def transitive_uses(refs: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    """Name -> every tensor it depends on, from what each definition names directly (in order)."""
     uses: dict[str, frozenset[str]] = {}
-    for name, d in builder.definitions.items():
-        direct = tensor_names(d.expr)
+    for name, direct in refs.items():
         uses[name] = frozenset(direct).union(*(uses.get(n, frozenset()) for n in direct))
-    return Model(builder.definitions, dict(program.inputs), tuple(program.targets), functions, uses)
+    return uses
