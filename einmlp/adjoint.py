@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import sympy as sp
 
-from .deltas import IndexForm, contract_all, normalize
+from .deltas import IndexForm, Term, contract, contract_all, normalize
 from .grad import WRT_NAMES, Names, Step, entry
 from .render import index_str
 from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names, transitive_uses
@@ -43,14 +43,32 @@ class Backprop:
     lowering: dict[str, IndexForm]  # tensor -> the form that runs (single-use products written out)
 
     def steps(self) -> list[Step]:
-        """One step per adjoint, in the order backpropagation computes them."""
+        """The adjoint of each statement, in index and matrix form, in the order backprop computes them."""
+        from .latex import to_latex
+        from .matrix import matrix_form
         steps = []
         for a in self.adjoints.values():
             if a.tensor in self.model.inputs:
                 continue
             lhs = self.model.definitions[a.name].lhs
-            steps.append(Step("Adjoint of", lhs, a.form.expr(), subject=a.tensor))
+            steps.append(Step("Adjoint of", lhs, a.form.expr() if a.form.terms else sp.S.Zero, subject=a.tensor))
+            matrix = matrix_form(_View(self.model, a.tensor, a.form))
+            if matrix.exists and a.form.terms:
+                steps.append(Step("In matrix form", a.name, matrix.text, latex_expr=matrix.latex()))
         return steps
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the matrix stage reads of a derivative, for one adjoint."""
+
+    model: Model
+    wrt: str
+    form: IndexForm
+
+    @property
+    def free(self) -> tuple:
+        return self.form.free
 
 
 def _direct(model: Model) -> dict[str, list[str]]:
@@ -110,7 +128,21 @@ class _Walk:
         local = {n: d for n, d in self.model.definitions.items()
                  if n in set(users) | {tensor} and d.indices and not d.expr.has(ESum)}
         form, _, _ = contract_all(expr, tuple(self.pattern) + own, self.names, local)
-        return form
+        return IndexForm(tuple(self.readable(t) for t in form.terms), form.free)
+
+    def readable(self, term: Term) -> Term:
+        """Call a summed index what the statement of the first tensor it runs over calls it: e -> i."""
+        used = {s.name for f in term.factors for s in f.free_symbols if s.is_integer} | {str(s) for s in term.summed}
+        rename = {}
+        for s in term.summed:
+            home = next((f for f in sp.Mul(*term.factors).atoms(sp.Indexed) if s in f.indices
+                         and f.base.label.name in self.definitions), None)
+            own = self.definitions[home.base.label.name].indices[list(home.indices).index(s)] if home else None
+            if own is not None and own.is_Symbol and own.name not in used:
+                rename[s] = own
+                used.add(own.name)
+        return Term(term.coeff, tuple(rename.get(s, s) for s in term.summed),
+                    tuple(f.xreplace(rename) for f in term.factors), term.extents) if rename else term
 
     def define(self, tensor: str, name: str, form: IndexForm) -> None:
         of_extents = [Extent(i.name, self.of, a) if i.is_Symbol else None for a, i in enumerate(self.pattern)]
@@ -142,6 +174,12 @@ def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -
         computed[a.name] = a.form.expr().replace(
             lambda e: isinstance(e, sp.Indexed) and e.base.label.name in inline, written_out)
     return computed
+
+
+def _contracted(expr: sp.Expr, names: Names) -> sp.Expr:
+    """Contract the deltas that an inlined adjoint brought against its reader's sums."""
+    terms = [contract(t, names)[0] for t in normalize(expr, names)]
+    return sp.Add(*[t.expr() for t in terms if t.coeff != 0])
 
 
 def with_statement(model: Model, name: str, form: IndexForm, of: str, wrt: str) -> tuple[Model, str]:
@@ -187,7 +225,7 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
         own = tuple(names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt]))
         form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
         adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))
-    computed = _inlined(walk.definitions, adjoints)
+    computed = {name: _contracted(expr, names) for name, expr in _inlined(walk.definitions, adjoints).items()}
     runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
     definitions = {**model.definitions, **runs}
     refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}

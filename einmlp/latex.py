@@ -37,10 +37,12 @@ def _base(name: str) -> str:
 
 
 def display(name: str) -> str:
-    r"""A tensor's display name: Delta -> \Delta, Yhat -> \hat{Y}, Ytilde -> \widetilde{Y}, W1 -> W^{(1)}."""
+    r"""A tensor's display name: Delta -> \Delta, Yhat -> \hat{Y}, Ytilde -> \widetilde{Y}, W1 -> W^{(1)}, Cbar -> \bar{C}."""
     match = re.fullmatch(r"(.*?[^0-9])([0-9]+)", name)
     stem, layer = (match.group(1), match.group(2)) if match else (name, "")
-    if stem.endswith("hat") and len(stem) > 3:
+    if stem.endswith("bar") and len(stem) > 3:  # an adjoint: Cbar -> \bar{C}
+        body = r"\bar{" + display(stem[:-3]) + "}"
+    elif stem.endswith("hat") and len(stem) > 3:
         body = r"\hat{" + display(stem[:-3]) + "}"
     elif stem.endswith("tilde") and len(stem) > 5:
         body = r"\widetilde{" + display(stem[:-5]) + "}"

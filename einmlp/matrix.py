@@ -335,11 +335,13 @@ def _terms(trees, named: bool, latex=None) -> str:
     out = []
     for coeff, tree in trees:
         text = render(tree, latex, named)
+        a_sum = tree.kind == "elem" and isinstance(tree.expr, sp.Add) and not (tree.name and named)
         if latex:
             c = "" if coeff == 1 else "-" if coeff == -1 else latex(coeff) + r"\,"
+            text = rf"\left({text}\right)" if c and a_sum else text
         else:
             c = _coeff_text(coeff)
-            text = f"({text})" if c == "-" and tree.kind == "hadamard" else text
+            text = f"({text})" if c == "-" and tree.kind == "hadamard" or c and a_sum else text
         out.append(c + text)
     return " + ".join(out).replace("+ -", "- ")
 
@@ -386,7 +388,7 @@ def matrix_form(derivation) -> MatrixForm:
     model = derivation.model
     order = [i for i in derivation.free if i.is_Symbol]
     size1 = {}
-    wrt_free = derivation.free[len(derivation.free) - model.inputs[derivation.wrt]:]
+    wrt_free = derivation.free[len(derivation.free) - model.rank(derivation.wrt):]
     for axis in _size1_axes(model, derivation.wrt):
         size1[wrt_free[axis]] = True
     free = [i for i in order if i not in size1]

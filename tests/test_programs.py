@@ -15,6 +15,7 @@ A failure names its class:
   value     the forward value differs from the oracle's (shape or entries)
   gradient  the derivative differs from autograd over the oracle
   check     einmlp.check's finite differences disagree with the derivative
+  modes     the article's flat chain and the backprop adjoints give different derivatives
   generator the oracle itself rejects the program (a bug in programs.py or oracle.py)
 """
 
@@ -88,6 +89,12 @@ def check_one(seed: int) -> Outcome:
         error = max(error, _relative(gradient, expected))
         if not error < 1e-8:
             return Outcome("gradient", error, f"{what} differs from autograd by {error:.3g}")
+        stage = f"{what} in the other mode"
+        other = _other_mode(prog, d)
+        other_error = _relative(np.asarray(other.compile()(**arrays)).reshape(expected.shape), expected)
+        if not other_error < 1e-8:
+            return Outcome("modes", other_error, f"{what} in {other.mode} mode differs from autograd by "
+                                                 f"{other_error:.3g} ({d.mode} mode agrees)")
         stage = f"einmlp.check of {what}"
         fd = einmlp.check(d, arrays, tolerance=1e-4)
     except einmlp.EinmlpError as e:
@@ -97,6 +104,14 @@ def check_one(seed: int) -> Outcome:
     if not fd.ok:
         return Outcome("check", error, str(fd))
     return Outcome("ok", error)
+
+
+def _other_mode(prog, d):
+    """The same derivative the other way: flat chain if `d` reads from adjoints, and back."""
+    mode = "flat" if d.mode == "adjoint" else "adjoint"
+    if d.base is None:
+        return einmlp.Derivation(prog, d.of, d.wrt, mode=mode)
+    return einmlp.Derivation(prog, d.of, d.wrt, base=einmlp.Derivation(prog, d.of, d.wrt, mode=mode))
 
 
 def chunks(config_programs: int):
