@@ -102,6 +102,9 @@ class _Walk:
         self.of_def = model.definitions[of]
         self.pattern = self.of_def.indices  # p: of's free indices (Integer 0 for its size-1 axes)
         self.bars: dict[str, str] = {}       # statement -> its adjoint tensor
+        self.program_indices = list(dict.fromkeys(  # the index names the program itself writes, in order
+            s.name for d in model.definitions.values() for e in sp.preorder_traversal(d.expr)
+            if isinstance(e, sp.Indexed) for s in e.indices if s.is_Symbol))
         self.definitions: dict[str, Definition] = {}
 
     def at(self, d: Definition, lhs: tuple) -> sp.Expr:
@@ -128,17 +131,23 @@ class _Walk:
         local = {n: d for n, d in self.model.definitions.items()
                  if n in set(users) | {tensor} and d.indices and not d.expr.has(ESum)}
         form, _, _ = contract_all(expr, tuple(self.pattern) + own, self.names, local)
-        return IndexForm(tuple(self.readable(t) for t in form.terms), form.free)
+        return IndexForm(tuple(self.readable(t, form.free) for t in form.terms), form.free)
 
-    def readable(self, term: Term) -> Term:
-        """Call a summed index what the statement of the first tensor it runs over calls it: e -> i."""
+    def readable(self, term: Term, free: tuple) -> Term:
+        """Call a summed index what the statement of the first tensor it runs over calls it: e -> i.
+
+        Never a name free in the form, even where this term is broadcast along it.
+        """
         used = {s.name for f in term.factors for s in f.free_symbols if s.is_integer} | {str(s) for s in term.summed}
+        used |= {str(i) for i in free}
         rename = {}
         for s in term.summed:
             home = next((f for f in sp.Mul(*term.factors).atoms(sp.Indexed) if s in f.indices
                          and f.base.label.name in self.definitions), None)
             own = self.definitions[home.base.label.name].indices[list(home.indices).index(s)] if home else None
-            if own is not None and own.is_Symbol and own.name not in used:
+            if own is None or not own.is_Symbol or own.name in used:  # else the program's own index names
+                own = next((index(n) for n in self.program_indices if n not in used), None)
+            if own is not None:
                 rename[s] = own
                 used.add(own.name)
         return Term(term.coeff, tuple(rename.get(s, s) for s in term.summed),

@@ -160,8 +160,9 @@ class _Parser:
 def parse(source: str):
     """Source text -> (function definitions {name: (param, body)}, [(name, lhs indices, rhs)])."""
     defs, statements = {}, []
-    for raw in re.split(r"[\n;]", source):
-        line = raw.split("#", 1)[0].strip()
+    code = "\n".join(line.split("#", 1)[0] for line in source.split("\n"))  # comments end at the line break
+    for raw in re.split(r"[\n;]", code):
+        line = raw.strip()
         if line:
             s = _Parser(line).statement()
             if s[0] == "def":
