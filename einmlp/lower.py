@@ -164,7 +164,7 @@ class _Printer:
     def atom(self, e: sp.Expr) -> str:
         code = self.p(e)
         if isinstance(e, UserFunction) and type(e).definition is not None:
-            e = type(e).definition.xreplace({PARAM: e.args[0]})
+            e = inline_definitions(e)  # all the way down: d'(A) is c'(A) is a sum
         simple = isinstance(e, (sp.Indexed, sp.Symbol, sp.Function, Extent)) or (e.is_Integer and e >= 0)
         return code if simple else f"({code})"
 
