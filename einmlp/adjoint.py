@@ -202,8 +202,9 @@ def with_statement(model: Model, name: str, form: IndexForm, of: str, wrt: str) 
     expr = form.expr()
     d = Definition(name, tuple(form.free), expr, f"{index_str(entry(name, form.free))} = {index_str(expr)}", True, extents)
     refs = {**model.refs, name: tuple(tensor_names(expr))}
-    return Model({**model.definitions, name: d}, model.inputs, model.targets, model.functions,
-                 transitive_uses(refs), refs), name
+    definitions = {**model.definitions, name: d}
+    return Model(definitions, model.inputs, model.targets, model.functions,
+                 transitive_uses(refs, definitions), refs), name
 
 
 def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
@@ -238,7 +239,7 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
     definitions = {**model.definitions, **runs}
     refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}
-    augmented = Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs), refs)
+    augmented = Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs, definitions), refs)
     lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
                 for a in adjoints.values()}
     return Backprop(augmented, of, adjoints, names, lowering)

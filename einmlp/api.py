@@ -23,6 +23,11 @@ from .summation import check_program
 from .symbolic import ESum, Model, Partial, build_model
 
 
+def _as(value, dtype: np.dtype):
+    """The result in the inputs' float type: a constant or a scalar result must not turn float32 into float64."""
+    return value if getattr(value, "dtype", None) == dtype else np.asarray(value, dtype=dtype)
+
+
 class Compiled:
     """A compiled function: `fn(**arrays)` or `fn(*arrays)` in the order of its repr.
 
@@ -36,7 +41,7 @@ class Compiled:
         self._fn = compile_plan(plan)
         self._needed = tuple(plan.variables)
         self._checks = checks  # statements to check as well when their inputs are given (the `of`)
-        self._checked: set[tuple] = set()
+        self._dtypes: dict[tuple, np.dtype] = {}  # shape signature -> the float type of the result
 
     @property
     def source(self) -> str:
@@ -77,13 +82,18 @@ class Compiled:
         for k, a in enumerate(args):
             if type(a) is not np.ndarray or a.dtype.kind != "f":
                 args[k] = as_array(self.plan.inputs[k], a)
-        key = tuple([a.shape for a in args]) + tuple((n, a.shape) for n, a in others.items())
-        if key not in self._checked:
-            self._check_shapes({**dict(zip(self.plan.inputs, key)), **{n: a.shape for n, a in others.items()}})
-            self._checked.add(key)
+        key = tuple([(a.shape, a.dtype) for a in args]) + tuple((n, a.shape) for n, a in others.items())
+        dtype = self._dtypes.get(key)
+        if dtype is None:
+            self._check_shapes({**{n: a.shape for n, a in zip(self.plan.inputs, args)},
+                                **{n: a.shape for n, a in others.items()}})
+            dtype = self._dtypes[key] = np.result_type(np.float16, *[a.dtype for a in args])
         if self.plan.abstract:
             args.append(self._functions)
-        return self._fn(*args)
+        result = self._fn(*args)
+        if isinstance(result, dict):
+            return {k: _as(v, dtype) for k, v in result.items()}
+        return _as(result, dtype)
 
     def __repr__(self) -> str:
         return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"
@@ -175,8 +185,8 @@ class Program:
 
 # The article's flat chain (every link expanded, then the deltas contracted) is shown where
 # it stays small; beyond these, a derivative reads from the backprop adjoints instead.
-FLAT_PATHS = 8        # chains of statements from `of` down to `wrt` (2^L for L residual blocks)
-FLAT_STATEMENTS = 12  # statements on those chains
+FLAT_PATHS = 2        # chains of statements from `of` down to `wrt` (2^L for L residual blocks)
+FLAT_STATEMENTS = 8   # statements on those chains
 
 
 def _flat_is_small(model: Model, of: str, wrt: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import opt_einsum as oe
 
-from .errors import ShapeError, UnknownNameError
+from .errors import EinmlpError, ShapeError, UnknownNameError
 from .functions import BUILTINS
 from .lower import EinsumPlan
 
@@ -103,7 +103,12 @@ def compile_plan(plan: EinsumPlan):
     # The source is generated from the checked plan: every name in it is an identifier the
     # parser accepted (mangled away from Python's keywords) or one of ours, every number is
     # printed from a sympy number, and it has no comments. No user text reaches it.
-    exec(compile(source, "<einmlp>", "exec"), namespace)  # safe: generated from the checked plan
+    try:
+        code = compile(source, "<einmlp>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # e.g. more than 200 nested parentheses
+        raise EinmlpError("the generated code is nested too deeply for Python to compile; "
+                          "write some nested functions as statements") from None
+    exec(code, namespace)  # safe: generated from the checked plan
     return namespace[name]
 
 

@@ -9,6 +9,7 @@ collects equal terms and simplifies each elementwise factor.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -178,10 +179,29 @@ def _canonical(term: Term, skip: frozenset | None = None) -> tuple:
     return tuple(sorted(sp.srepr(f.xreplace(order)) for f in factors)), len(term.summed), skipped, order
 
 
+MAX_EXPANDED_TERMS = 64  # expanding (1 - t1^2)(1 - t2^2)... doubles the terms with each factor
+
+
+def _expansion_size(e: sp.Expr) -> int:
+    """How many terms expanding `e` would make, at most (without expanding it)."""
+    if isinstance(e, sp.Add):
+        return sum(_expansion_size(a) for a in e.args)
+    if isinstance(e, sp.Mul):
+        return math.prod(_expansion_size(a) for a in e.args)
+    if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+        return _expansion_size(e.base) ** int(e.exp)
+    return 1
+
+
+def expand(e: sp.Expr) -> sp.Expr:
+    """sympy's expand, unless it would make more than MAX_EXPANDED_TERMS terms."""
+    return sp.expand(e) if _expansion_size(e) <= MAX_EXPANDED_TERMS else e
+
+
 def _simplest(f: sp.Expr) -> sp.Expr:
     if not isinstance(f, sp.Add):
         return f
-    return min([f, sp.expand(f), sp.factor_terms(f)], key=sp.count_ops)
+    return min([f, expand(f), sp.factor_terms(f)], key=sp.count_ops)
 
 
 def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:
@@ -208,7 +228,7 @@ def _combine(a: Term, b: Term) -> Term | None:
             rename = {v: k for k, v in ka[3].items()}
             to_a = {s: rename[v] for s, v in kb[3].items()}
             ga, gb = _groups(a).get(skip, sp.S.One), _groups(b).get(skip_b, sp.S.One).xreplace(to_a)
-            mixed = _simplest(sp.expand(a.coeff * ga + b.coeff * gb))
+            mixed = _simplest(expand(a.coeff * ga + b.coeff * gb))
             rest = sp.Mul(*[g for k, g in _groups(a).items() if k != skip])
             return _split(a, sp.S.One, mixed * rest)
     return None

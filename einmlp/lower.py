@@ -27,7 +27,7 @@ import sympy as sp
 from opt_einsum import get_symbol
 
 from .deltas import IndexForm, Term, normalize
-from .errors import EinmlpError
+from .errors import EinmlpError, IndexNotationError
 from .functions import PARAM, UserFunction, numpy_source
 from .grad import Names
 from .render import index_str
@@ -37,6 +37,7 @@ from .symbolic import Extent, Model, free_indices, index_names
 # name never does): temporaries _t1, outputs _grad_W1, helpers _full. User names are kept as
 # they are, except Python keywords and np/oe, which become _lambda_, _np_: out of reach too.
 MANGLED = set(keyword.kwlist) | {"np", "oe"}
+MAX_LETTERS = 52  # a-z and A-Z: the subscripts numpy's einsum understands
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +464,9 @@ class Lowerer:
         for _, indices in operands:
             for i in indices:
                 letter.setdefault(i, get_symbol(len(letter)))
+        if len(letter) > MAX_LETTERS:
+            raise IndexNotationError(f"one contraction would run over {len(letter)} indices; numpy's einsum takes "
+                                     f"at most {MAX_LETTERS}: split the statement into smaller ones")
         subscripts = ",".join(_letters(ix, letter) for _, ix in operands) + "->" + _letters(out_indices, letter)
         key = f"einsum('{subscripts}', {', '.join(v for v, _ in operands)})"
         if key in self.cache:

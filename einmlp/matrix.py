@@ -127,7 +127,8 @@ def _leafify(factor: sp.Expr, rows, cols) -> sp.Expr | None:
         if replacement is None:
             return None
         mapping[entry] = replacement
-    return factor.xreplace(mapping)
+    with sp.evaluate(False):  # a rename only: re-evaluating tanh(tanh(...(Leaf))) asks sympy's assumptions
+        return factor.xreplace(mapping)  # again at every level, exponentially
 
 
 def _node(factor: sp.Expr) -> Node | None:

@@ -333,12 +333,18 @@ def build_model(program: CheckedProgram) -> Model:
                                                    True)
     refs = {name: tuple(tensor_names(d.expr)) for name, d in builder.definitions.items()}
     return Model(builder.definitions, dict(program.inputs), tuple(program.targets), functions,
-                 transitive_uses(refs), refs)
+                 transitive_uses(refs, builder.definitions), refs)
 
 
-def transitive_uses(refs: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
-    """Name -> every tensor it depends on, from what each definition names directly (in order)."""
+def transitive_uses(refs: dict[str, tuple[str, ...]], definitions: dict) -> dict[str, frozenset[str]]:
+    """Name -> every tensor it depends on, transitively: what it names, and what gives its lengths.
+
+    `K[z] = V[z,z] - V[z,z]` cancels to 0, yet V still gives the length of z.
+    """
     uses: dict[str, frozenset[str]] = {}
     for name, direct in refs.items():
+        d = definitions[name]
+        lengths = {e.name for e in d.extents if e is not None} | {e.name for e in d.expr.atoms(Extent)}
+        direct = set(direct) | lengths
         uses[name] = frozenset(direct).union(*(uses.get(n, frozenset()) for n in direct))
     return uses
