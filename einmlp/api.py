@@ -77,7 +77,7 @@ class Compiled:
                                      if ((self.model.uses.get(n, frozenset()) | {n}) & inputs) <= shapes.keys())
         shape_stage.bind_needed(self.model, shapes, names)
 
-    def __call__(self, *args, **arrays):
+    def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
         args, others = self._arguments(args, arrays)
         for k, a in enumerate(args):
             if type(a) is not np.ndarray or a.dtype.kind != "f":

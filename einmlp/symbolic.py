@@ -23,6 +23,7 @@ from .summation import CheckedProgram
 from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
 
 MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
+MAX_EXPONENT = 1000  # |p| of a constant exponent: sympy writes (3 y)^p as 3^p y^p, computing 3^p exactly
 
 
 def index(name: str) -> sp.Symbol:
@@ -216,6 +217,8 @@ class _Builder:
             return ESum(self.build(expr.body), [index(i) for i in expr.indices],
                         [_syntax_extent(expr.body, i) for i in expr.indices])
         left, right = self.build(expr.left), self.build(expr.right)
+        if expr.op == "^" and right.is_Number and not abs(right) <= MAX_EXPONENT:
+            raise NumericError(f"the exponent {float(right):.3g} is out of range (at most {MAX_EXPONENT} in size)")
         if expr.op == "^" and left.is_Number and right.is_Number:
             _check_power(left, right)
         return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,

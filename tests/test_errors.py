@@ -60,12 +60,14 @@ BAD_SOURCES = [
     # numbers: too long, too large, not finite, not real
     ("L = x[i] * 1e100000000", ParseError, "out of range"),
     ("L = x[i] * " + "7" * 5000, ParseError, "digits"),
-    ("L = x[i] * 9^9^9", NumericError, "too large"),
-    ("L = x[i] * 2^2^2^2^2^2", NumericError, "too large"),
+    ("L = x[i] * 9^9^9", NumericError, "exponent"),
+    ("L = x[i] * 2^2^2^2^2^2", NumericError, "exponent"),
+    ("L = x[i] * 10^999", NumericError, "too large"),
     ("L = x[i] * 1e300 * 1e300", NumericError, "beyond the range"),
     ("L = x[i] * (0/0)", NumericError, "divides by zero"),
     ("L = x[i] / 0", NumericError, "divides by zero"),
     ("L = x[i] * sqrt(-1)", NumericError, "not a real number"),
+    ("L = (3 y)^(-1e300)", NumericError, "exponent"),
     # reductions are sums in einmlp
     ("L = max(x[i])", UnknownNameError, "reductions are written with sums"),
     ("L = mean(x[i])", UnknownNameError, "sum[i](x[i]) / N"),

@@ -152,5 +152,23 @@ def test_an_abstract_function_near_a_built_in_is_pointed_out():
         einmlp.parse("L = sigmod(x[i]) g(x[i])").compile()
 
 
+def test_an_input_called_self():
+    assert einmlp.parse("L = self x").compile()(self=3.0, x=2.0) == 6.0
+
+
+def test_float32_stays_float32():
+    x = np.float32([1.0, 2.0])
+    assert einmlp.parse("L = x[i] x[i]").compile()(x=x).dtype == np.float32
+    assert einmlp.parse("A[i,k] = X[i,j] W[j,k]\nL = A[i,k]^2").grad(["W"]).compile()(
+        X=np.ones((2, 3), np.float32), W=np.ones((3, 4), np.float32))["W"].dtype == np.float32
+
+
+def test_a_contraction_over_more_than_52_indices_is_refused():
+    names = [f"i{k}" for k in range(28)]
+    prog = einmlp.parse(f"L = x[{','.join(names)}] x[{','.join(names)}]")
+    with pytest.raises(einmlp.IndexNotationError, match="52"):
+        prog.hessian("x").compile()(x=np.ones((1,) * 28))
+
+
 def test_a_program_without_inputs_compiles():
     assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
