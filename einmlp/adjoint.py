@@ -42,13 +42,12 @@ class Backprop:
     names: Names
     lowering: dict[str, IndexForm]  # tensor -> the form that runs (single-use products written out)
 
-    def steps(self) -> list[Step]:
-        """The adjoint of each statement, in index and matrix form, in the order backprop computes them."""
-        from .latex import to_latex
+    def steps(self, wrt: str | None = None) -> list[Step]:
+        """The adjoint of each statement (on the way to `wrt`), in index and matrix form, in computing order."""
         from .matrix import matrix_form
         steps = []
         for a in self.adjoints.values():
-            if a.tensor in self.model.inputs:
+            if a.tensor in self.model.inputs or (wrt is not None and not self.model.depends(a.tensor, wrt)):
                 continue
             lhs = self.model.definitions[a.name].lhs
             steps.append(Step("Adjoint of", lhs, a.form.expr() if a.form.terms else sp.S.Zero, subject=a.tensor))
@@ -168,10 +167,11 @@ def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -
     `Ytildebar = 2 Ytilde`, `Yhatbar = -Ytildebar`, `Cbar = Yhatbar f2'(C)` run as one fused
     product; the steps still show each of them. Returns adjoint (or gradient) name -> expression.
     """
-    reads: dict[str, int] = {}
+    reads: dict[str, int] = {}  # every occurrence: an adjoint read twice in one form is written out twice
     for a in adjoints.values():
-        for name in set(tensor_names(a.form.expr())) & set(definitions):
-            reads[name] = reads.get(name, 0) + 1
+        for e in sp.preorder_traversal(a.form.expr()):
+            if isinstance(e, sp.Indexed) and e.base.label.name in definitions:
+                reads[e.base.label.name] = reads.get(e.base.label.name, 0) + 1
     inline = {a.name for a in adjoints.values() if reads.get(a.name) == 1
               and len(a.form.terms) == 1 and not a.form.terms[0].summed}
     computed: dict[str, sp.Expr] = {}
@@ -229,10 +229,12 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
         walk.bars[tensor] = name
         walk.define(tensor, name, form)
         adjoints[tensor] = Adjoint(tensor, name, form, tuple(readers))
+    free_names = [n for n in WRT_NAMES if n not in names.taken]  # every gradient's own indices: m, n, ...
+    wrt_indices = [names.fresh(free_names[k] if k < len(free_names) else "m")
+                   for k in range(max((model.inputs[w] for w in wrts), default=0))]
     for wrt in wrts:
         readers = [u for u in users.get(wrt, []) if u in on_path]
-        free_names = [n for n in WRT_NAMES if n not in names.taken]
-        own = tuple(names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt]))
+        own = tuple(wrt_indices[:model.inputs[wrt]])
         form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
         adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))
     computed = {name: _contracted(expr, names) for name, expr in _inlined(walk.definitions, adjoints).items()}

@@ -87,7 +87,8 @@ class Compiled:
         if dtype is None:
             self._check_shapes({**{n: a.shape for n, a in zip(self.plan.inputs, args)},
                                 **{n: a.shape for n, a in others.items()}})
-            dtype = self._dtypes[key] = np.result_type(np.float16, *[a.dtype for a in args])
+            given = [a.dtype for a in args] + [a.dtype for a in others.values()]
+            dtype = self._dtypes[key] = np.result_type(*given) if given else np.dtype(float)
         if self.plan.abstract:
             args.append(self._functions)
         result = self._fn(*args)
@@ -116,6 +117,13 @@ class Program:
         self.model = build_model(self.checked)
         for note in self.checked.notes:
             warnings.warn(note, EinmlpWarning, stacklevel=4)  # the caller of einmlp.parse or load
+
+    def backprop(self, of: str) -> Backprop:
+        """The adjoint of every statement `of` depends on, derived once and shared by every gradient of `of`."""
+        cache = self.__dict__.setdefault("_backprops", {})
+        if of not in cache:
+            cache[of] = backprop(self.model, of, tuple(self.model.inputs))
+        return cache[of]
 
     @property
     def warnings(self) -> list[str]:
@@ -231,7 +239,7 @@ class Derivation:
         if self._backprop is not None:
             return self._backprop
         if self.base is None:
-            return backprop(self.program.model, self.of, (self.wrt,))
+            return self.program.backprop(self.of)
         model, name = with_statement(self.base.model, "d" + self.base.of + "_d" + self.base.wrt, self.base.form,
                                      self.base.of, self.base.wrt)
         return backprop(model, name, (self.wrt,))
@@ -305,7 +313,7 @@ class Derivation:
         """
         lhs = self.lhs
         if self.mode == "adjoint":
-            steps = self.backprop.steps()
+            steps = self.backprop.steps(self.wrt)
             steps.append(Step("Gradient from the adjoints", lhs, self.form.expr()))
             return steps + self.matrix.steps(lhs)
         raw, (_, contraction, product) = self.raw, self._contracted
@@ -383,7 +391,7 @@ class Gradients:
             if w not in program.model.inputs:
                 raise UnknownNameError(f"cannot differentiate with respect to {w}: it is not an input of the "
                                        f"program (inputs: {', '.join(program.inputs)})")
-        self.backprop = backprop(program.model, of, tuple(dict.fromkeys(wrt)))
+        self.backprop = program.backprop(of)
         self._derivations: dict[str, Derivation] = {}
 
     @property

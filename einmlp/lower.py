@@ -38,6 +38,7 @@ from .symbolic import Extent, Model, free_indices, index_names
 # they are, except Python keywords and np/oe, which become _lambda_, _np_: out of reach too.
 MANGLED = set(keyword.kwlist) | {"np", "oe"}
 MAX_LETTERS = 52  # a-z and A-Z: the subscripts numpy's einsum understands
+MAX_PENDING = 40  # dependencies still to lower beyond which they are lowered in program order first
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +278,17 @@ class Lowerer:
         return variable(name)
 
     def need(self, name: str) -> None:
-        """Make sure tensor `name` is computed before the equations that follow."""
+        """Make sure tensor `name` is computed before the equations that follow.
+
+        Dependencies are lowered as the expression reaches them; a long chain of them is
+        lowered first, in program order, so the recursion stays shallow.
+        """
         if name in self.defined:
             return
+        pending = [n for n in self.model.uses.get(name, ()) if n not in self.defined]
+        if len(pending) > MAX_PENDING:
+            for dependency in [n for n in self.model.definitions if n in set(pending)]:
+                self.need(dependency)
         self.defined.add(name)
         if name in self.model.inputs:
             self.inputs[name] = None

@@ -254,6 +254,8 @@ class _Builder:
 def _size1_axes(model, name: str) -> set[int]:
     """Axes of input `name` that the program only ever indexes with 0 (size-1 axes)."""
     axes = set(range(model.inputs.get(name, 0)))
+    if not axes:  # an intermediate (or a scalar): its size-1 axes are written on its left-hand side
+        return axes
     for d in model.definitions.values():
         for e in d.expr.atoms(sp.Indexed):
             if e.base.label.name == name:

@@ -108,6 +108,9 @@ class _Analyzer:
         if expr.op in "+-":
             return self.add(expr, protected)
         if expr.op == "^":
+            if _tower(expr) > MAX_TOWER:
+                raise self.error(f"a tower of more than {MAX_TOWER} powers with tensors in their exponents is "
+                                 "too deep to derive; name some of its levels as statements")
             base, b = self.run(expr.left, protected)
             exponent, e = self.run(expr.right, protected)
             return BinOp("^", base, exponent, expr.span), _Info(_ordered_union(b.free, e.free), b.summed | e.summed)
@@ -158,6 +161,16 @@ class _Analyzer:
                 raise self.error(f"sum[{index}] sums an index that does not occur in its body")
         free = tuple(i for i in info.free if i not in expr.indices)
         return SumOver(expr.indices, body, expr.span), _Info(free, info.summed)
+
+
+def _tower(expr: Expr) -> int:
+    """How many powers with a tensor in the exponent sit inside one another along the exponents."""
+    height = 0
+    while isinstance(expr, BinOp) and expr.op == "^" and any(isinstance(n, Ref) for n in _refs(expr.right)):
+        height, expr = height + 1, expr.right
+        while isinstance(expr, (Group, Neg)):
+            expr = expr.body if isinstance(expr, Group) else expr.operand
+    return height
 
 
 def _check_lhs(statement: Statement) -> None:
@@ -266,18 +279,34 @@ def _refs(expr: Expr):
 
 
 MAX_FUNCTION_DEPTH = 30  # user functions calling user functions, inside one another
-MAX_FUNCTION_SIZE = 2000  # nodes of a definition with every call written out (f(f(x)) doubles it)
+MAX_TOWER = 8  # powers whose exponents hold tensors, inside one another: x^x^x^... derives quadratically
+MAX_FUNCTION_SIZE = 1000  # nodes of a definition with every call written out (f(f(x)) doubles it)
 
 
-def _size(body: Expr, sizes: dict[str, int]) -> int:
-    """Nodes of `body` once every call of a defined function is replaced by its body."""
-    return sum(1 + (sizes.get(n.function, 0) if isinstance(n, Call) else 0) for n in _refs(body)) + 1
+def _written(expr: Expr, param: str, sizes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(nodes, uses of `param`) of `expr` with every call of a defined function written out.
+
+    f(x) = x f0(x) uses x twice, so f(f(x)) copies f's argument twice: sizes multiply.
+    """
+    if isinstance(expr, Ref):
+        return (0, 1) if expr.name == param and not expr.indices else (1, 0)
+    if isinstance(expr, Num):
+        return 1, 0
+    if isinstance(expr, Call):
+        nodes, uses = _written(expr.arg, param, sizes)
+        if expr.function in sizes:
+            body, body_uses = sizes[expr.function]
+            return body + body_uses * nodes + 1, body_uses * uses
+        return nodes + 1, uses
+    children = [getattr(expr, f) for f in ("left", "right", "operand", "body") if hasattr(expr, f)]
+    parts = [_written(c, param, sizes) for c in children]
+    return 1 + sum(n for n, _ in parts), sum(u for _, u in parts)
 
 
 def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
     defined: set[str] = set()
     depth: dict[str, int] = {}
-    sizes: dict[str, int] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for definition in functions:
         if definition.name in BUILTINS or definition.name == "sum":
             raise UnknownNameError(f"{definition.name} is a built-in function and cannot be redefined "
@@ -298,8 +327,8 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
                                        f"{definition.param}, not {node.name} (in `{definition.source}`)")
         calls = [depth.get(n.function, 0) for n in _refs(definition.body) if isinstance(n, Call)]
         depth[definition.name] = 1 + max(calls, default=0)
-        sizes[definition.name] = _size(definition.body, sizes)
-        if sizes[definition.name] > MAX_FUNCTION_SIZE:
+        sizes[definition.name] = _written(definition.body, definition.param, sizes)
+        if sum(sizes[definition.name]) > MAX_FUNCTION_SIZE:
             raise UnknownNameError(f"function {definition.name} grows to more than {MAX_FUNCTION_SIZE} operations "
                                    f"when its calls are written out; write some of them as statements "
                                    f"(in `{definition.source}`)")
