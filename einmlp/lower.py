@@ -223,14 +223,37 @@ def _matmul(a: tuple, b: tuple, out: tuple) -> str:
     shared = [i for i in ia if i in ib]
     rows, cols = [i for i in ia if i not in shared], [i for i in ib if i not in shared]
     if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(shared) != 1 or len(rows) > 1 or len(cols) > 1:
-        return ""
+        return _batched_matmul(a, b, out)
     if any(i in out for i in shared) or set(rows + cols) != set(out):
-        return ""
+        return _batched_matmul(a, b, out)
     if list(out) != rows + cols:
         (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
     left = va if list(ia) == rows + shared else f"{va}.T"
     right = vb if list(ib) == shared + cols else f"{vb}.T"
     return f"{left} @ {right}"
+
+
+def _arranged(var: str, indices: tuple, order: list) -> str:
+    perm = tuple(indices.index(i) for i in order)
+    return var if perm == tuple(range(len(perm))) else f"{var}.transpose({perm})"
+
+
+def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
+    """`A @ B` over leading batch axes (attention's Q K^T per sequence), else "".
+
+    numpy's matmul runs BLAS per batch entry; einsum with a batch index does not.
+    """
+    (va, ia), (vb, ib) = a, b
+    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(set(out)) < len(out):
+        return ""
+    batch = [i for i in out if i in ia and i in ib]
+    summed = [i for i in ia if i in ib and i not in out]
+    rows, cols = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
+    if not batch or len(summed) != 1 or len(rows) != 1 or len(cols) != 1 or set(out) != set(batch + rows + cols):
+        return ""
+    code = f"{_arranged(va, tuple(ia), batch + rows + summed)} @ {_arranged(vb, tuple(ib), batch + summed + cols)}"
+    result = batch + rows + cols
+    return code if result == list(out) else f"({code}).transpose({tuple(result.index(i) for i in out)})"
 
 
 _SLOTS: list[sp.Symbol] = []
