@@ -197,10 +197,11 @@ def with_statement(model: Model, name: str, form: IndexForm, of: str, wrt: str) 
     while name in taken:
         name += "_"
     of_axes = len(form.free) - model.inputs[wrt]
-    extents = tuple(None if not i.is_Symbol else Extent(i.name, of, a) if a < of_axes else Extent(i.name, wrt, a - of_axes)
-                    for a, i in enumerate(form.free))
+    extents = tuple(None if not i.is_Symbol else Extent(i.name, of, a) if a < of_axes
+                    else Extent(i.name, wrt, a - of_axes) for a, i in enumerate(form.free))
     expr = form.expr()
-    d = Definition(name, tuple(form.free), expr, f"{index_str(entry(name, form.free))} = {index_str(expr)}", True, extents)
+    source = f"{index_str(entry(name, form.free))} = {index_str(expr)}"
+    d = Definition(name, tuple(form.free), expr, source, True, extents)
     refs = {**model.refs, name: tuple(tensor_names(expr))}
     definitions = {**model.definitions, name: d}
     return Model(definitions, model.inputs, model.targets, model.functions,
@@ -241,7 +242,8 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
     definitions = {**model.definitions, **runs}
     refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}
-    augmented = Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs, definitions), refs)
+    augmented = Model(definitions, model.inputs, model.targets, model.functions,
+                      transitive_uses(refs, definitions), refs)
     lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
                 for a in adjoints.values()}
     return Backprop(augmented, of, adjoints, names, lowering)

@@ -260,7 +260,7 @@ class Derivation:
 
     @property
     def lhs(self) -> sp.Expr:
-        """d of[..] / d wrt[..] as the steps title it."""
+        """The derivative d of[..] / d wrt[..], as the steps title it."""
         if self.mode == "flat":
             return self.raw.steps[0].lhs
         if self.base is not None:

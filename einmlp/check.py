@@ -26,8 +26,8 @@ class CheckResult:
 
     def __str__(self) -> str:
         if self.max_rel_error != self.max_rel_error:  # nan
-            return (f"FAILED: the derivative or the function is not finite (nan or inf) at these arrays, "
-                    f"so nothing can be compared")
+            return ("FAILED: the derivative or the function is not finite (nan or inf) at these arrays, "
+                    "so nothing can be compared")
         verdict = "ok" if self.ok else "FAILED"
         return (f"{verdict}: max relative error {self.max_rel_error:.3g} over {self.compared} "
                 f"{'entries' if self.mode == 'entrywise' else 'random directions'} (tolerance {self.tolerance:g})")

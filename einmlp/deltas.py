@@ -194,7 +194,7 @@ def _expansion_size(e: sp.Expr) -> int:
 
 
 def expand(e: sp.Expr) -> sp.Expr:
-    """sympy's expand, unless it would make more than MAX_EXPANDED_TERMS terms."""
+    """Expand as sympy does, unless that would make more than MAX_EXPANDED_TERMS terms."""
     return sp.expand(e) if _expansion_size(e) <= MAX_EXPANDED_TERMS else e
 
 

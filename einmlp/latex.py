@@ -37,7 +37,10 @@ def _base(name: str) -> str:
 
 
 def display(name: str) -> str:
-    r"""A tensor's display name: Delta -> \Delta, Yhat -> \hat{Y}, Ytilde -> \widetilde{Y}, W1 -> W^{(1)}, Cbar -> \bar{C}."""
+    r"""A tensor's display name: Delta -> \Delta, Yhat -> \hat{Y}, Ytilde -> \widetilde{Y}, W1 -> W^{(1)}.
+
+    An adjoint's: Cbar -> \bar{C}.
+    """
     match = re.fullmatch(r"(.*?[^0-9])([0-9]+)", name)
     stem, layer = (match.group(1), match.group(2)) if match else (name, "")
     if stem.endswith("bar") and len(stem) > 3:  # an adjoint: Cbar -> \bar{C}
