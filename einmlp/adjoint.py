@@ -70,6 +70,47 @@ class _View:
         return self.form.free
 
 
+def local_derivative(e: sp.Expr, target: sp.Expr, name: str) -> sp.Expr:
+    """d e / d target, where target is `name[t..]` (or the scalar `name`): the article's rule, node by node.
+
+    The same result as sympy's `diff` (deltas for entries, the chain rule through functions),
+    without sympy's general machinery, which dominates the cost of deriving a deep network.
+    Anything outside the language's own nodes goes to sympy.
+    """
+    if not _mentions(e, name):
+        return sp.S.Zero
+    if isinstance(e, sp.Indexed):
+        return sp.Mul(*[_delta(i, t) for i, t in zip(e.indices, target.indices)])
+    if e.is_Symbol:
+        return sp.S.One
+    if isinstance(e, sp.Add):
+        return sp.Add(*[local_derivative(a, target, name) for a in e.args])
+    if isinstance(e, sp.Mul):
+        args = e.args
+        return sp.Add(*[sp.Mul(*args[:k], local_derivative(a, target, name), *args[k + 1:])
+                        for k, a in enumerate(args) if _mentions(a, name)])
+    if isinstance(e, sp.Pow) and not _mentions(e.exp, name):
+        return e.exp * e.base ** (e.exp - 1) * local_derivative(e.base, target, name)
+    if isinstance(e, ESum):
+        return ESum(local_derivative(e.body, target, name), e.indices, e.extents)
+    if isinstance(e, sp.Function) and len(e.args) == 1 and not isinstance(e, sp.Abs):
+        return e.fdiff(1) * local_derivative(e.args[0], target, name)
+    return e.diff(target)
+
+
+def _delta(i: sp.Expr, t: sp.Expr) -> sp.Expr:
+    """delta(i, t), decided here where it is certain (sympy would ask its assumptions each time)."""
+    if i == t:
+        return sp.S.One
+    if i.is_Integer and t.is_Integer:
+        return sp.S.Zero
+    return sp.KroneckerDelta(i, t, evaluate=False)
+
+
+def _mentions(e: sp.Expr, name: str) -> bool:
+    return any(x.base.label.name == name for x in e.atoms(sp.Indexed)) or sp.Symbol(name, real=True) in e.free_symbols
+
+
 def _direct(model: Model) -> dict[str, list[str]]:
     """Tensor -> the statements whose right-hand side names it."""
     users: dict[str, list[str]] = {}
@@ -116,13 +157,14 @@ class _Walk:
     def contribution(self, user: str, target: sp.Expr) -> sp.Expr:
         """sum[u]( Ubar[p.., u..] dU[u..]/dT[t..] ) for one statement U that uses T."""
         d = self.model.definitions[user]
+        name = target.base.label.name if isinstance(target, sp.Indexed) else target.name
         if user == self.of:  # the seed: d of[p] / d of[p'] is a delta, so read of at p directly
-            return self.at(d, self.pattern).diff(target)
+            return local_derivative(self.at(d, self.pattern), target, name)
         links = tuple(self.names.link() if i.is_Symbol else i for i in d.indices)
         bar = entry(self.bars[user], tuple(self.pattern) + links)
         summed = [s for s in links if s.is_Symbol]
         extents = [Extent(s.name, user, axis) for axis, s in enumerate(links) if s.is_Symbol]
-        return ESum(bar * self.at(d, links).diff(target), summed, extents)
+        return ESum(bar * local_derivative(self.at(d, links), target, name), summed, extents)
 
     def adjoint(self, tensor: str, users: list[str], own: tuple) -> IndexForm:
         target = entry(tensor, own)
