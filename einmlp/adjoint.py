@@ -71,7 +71,7 @@ class _View:
 
 
 def local_derivative(e: sp.Expr, target: sp.Expr, name: str) -> sp.Expr:
-    """D e / d target, where target is `name[t..]` (or the scalar `name`): the article's rule, node by node.
+    """The derivative of e by target, where target is `name[t..]` (or the scalar `name`), node by node.
 
     The same result as sympy's `diff` (deltas for entries, the chain rule through functions),
     without sympy's general machinery, which dominates the cost of deriving a deep network.
