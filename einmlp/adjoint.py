@@ -94,7 +94,9 @@ def local_derivative(e: sp.Expr, target: sp.Expr, name: str) -> sp.Expr:
     if isinstance(e, ESum):
         return ESum(local_derivative(e.body, target, name), e.indices, e.extents)
     if isinstance(e, sp.Function) and len(e.args) == 1 and not isinstance(e, sp.Abs):
-        return e.fdiff(1) * local_derivative(e.args[0], target, name)
+        outer = e.fdiff(1)
+        if not outer.has(sp.Derivative, sp.Subs):  # else sympy knows better (or says it cannot)
+            return outer * local_derivative(e.args[0], target, name)
     return e.diff(target)
 
 

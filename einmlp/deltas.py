@@ -299,7 +299,10 @@ def simplify_with(term: Term, definitions: dict) -> Term:
     if not definitions:
         return term
     product = sp.Mul(*term.factors)
-    simpler = _fold(_unfold(product, definitions), definitions)
+    try:
+        simpler = _fold(_unfold(product, definitions), definitions)
+    except ValueError:  # a rewrite sympy cannot make (an unevaluated derivative in the way): keep the term
+        return term
     if simpler == product:
         return term
     c, rest = simpler.as_coeff_Mul()

@@ -46,6 +46,8 @@ class Extent(sp.Expr):
     """The length of axis `axis` of tensor `name`, labelled by the index it counts."""
 
     is_commutative = True
+    is_extended_real = True  # a length: sympy may ask, e.g. when differentiating sign(N_i x)
+    is_positive = True
 
     def __new__(cls, label, name, axis):
         # sympy rebuilds nodes from their args (already Str), so accept both spellings
@@ -83,6 +85,9 @@ class ESum(sp.Expr):
 
     def _eval_derivative(self, s):
         return ESum(self.body.diff(s), self.indices, self.extents)
+
+    def _eval_is_extended_real(self):
+        return self.body.is_extended_real
 
     def _sympystr(self, printer):
         return f"sum[{','.join(map(str, self.indices))}]({printer._print(self.body)})"
@@ -217,7 +222,7 @@ class _Builder:
             return ESum(self.build(expr.body), [index(i) for i in expr.indices],
                         [_syntax_extent(expr.body, i) for i in expr.indices])
         left, right = self.build(expr.left), self.build(expr.right)
-        if expr.op == "^" and right.is_Number and not abs(right) <= MAX_EXPONENT:
+        if expr.op == "^" and right.is_Number and (right is sp.nan or not abs(right) <= MAX_EXPONENT):
             raise NumericError(f"the exponent {float(right):.3g} is out of range (at most {MAX_EXPONENT} in size)")
         if expr.op == "^" and left.is_Number and right.is_Number:
             _check_power(left, right)
@@ -284,9 +289,16 @@ def _check_power(base: sp.Number, exponent: sp.Number) -> None:
     """Refuse a constant power too large to compute (9^9^9) before sympy tries."""
     if base in (0, 1, -1):
         return
-    size = abs(float(exponent)) * abs(math.log10(abs(float(base))))
+    size = abs(float(exponent)) * abs(_log10(base))
     if not size <= MAX_MAGNITUDE:
-        raise NumericError(f"the constant {base}^{exponent} is too large for a float (about 10^{size:.3g})")
+        raise NumericError(f"the constant {base}^{exponent} is beyond the range of a float (about 10^+-{size:.3g})")
+
+
+def _log10(number: sp.Number) -> float:
+    """log10 |number|, exact enough for any rational (a float of 1e-400 would be 0)."""
+    if number.is_Rational:
+        return math.log10(abs(int(number.p))) - math.log10(int(number.q))
+    return math.log10(abs(float(number)))
 
 
 def check_constants(expr: sp.Expr, where: str) -> None:

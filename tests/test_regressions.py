@@ -170,5 +170,16 @@ def test_a_contraction_over_more_than_52_indices_is_refused():
         prog.hessian("x").compile()(x=np.ones((1,) * 28))
 
 
+def test_hessian_through_abs_of_a_lifted_sum():
+    """Found by fuzzing: sign(C0) in the gradient, differentiated again, once left a sympy Derivative."""
+    from conftest import autodiff
+    prog = einmlp.parse("C0[k] = (sum[a](softplus(X) E3[a]))^3 B4[k]\nT2 = softplus(abs(C0[k])) + X B4[k]\n"
+                        "Z = -0.8 - X - T2")
+    arrays = {"X": np.array(0.3), "E3": np.ones(2), "B4": np.array([0.5, -0.2])}
+    hessian = prog.hessian("X")
+    np.testing.assert_allclose(hessian.compile()(**arrays), autodiff(prog, "Z", "X", arrays, order=2), rtol=1e-10)
+    assert einmlp.check(hessian, arrays).ok
+
+
 def test_a_program_without_inputs_compiles():
     assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
