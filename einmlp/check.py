@@ -33,6 +33,23 @@ class CheckResult:
                 f"{'entries' if self.mode == 'entrywise' else 'random directions'} (tolerance {self.tolerance:g})")
 
 
+def _differences(function, arrays: dict, wrt: str, probes: list, h: float) -> tuple[np.ndarray, float]:
+    """Central differences along each probe, and the rounding they carry from f's values."""
+    w, numeric, noise = arrays[wrt], [], 0.0
+    for v in probes:
+        plus = np.asarray(function(**{**arrays, wrt: w + h * v}), dtype=float)
+        minus = np.asarray(function(**{**arrays, wrt: w - h * v}), dtype=float)
+        numeric.append((plus - minus) / (2 * h))
+        noise = max(noise, 64 * np.finfo(float).eps * float(np.max(np.abs(plus), initial=0)) / h)
+    return np.array(numeric), noise
+
+
+def _relative_excess(numeric: np.ndarray, exact: np.ndarray, noise: float) -> float:
+    """The worst difference beyond the rounding noise, relative to the derivative's size."""
+    scale = max(float(np.max(np.abs(numeric), initial=0)), float(np.max(np.abs(exact), initial=0)), 1e-300)
+    return max(float(np.max(np.abs(numeric - exact), initial=0)) - noise, 0.0) / scale
+
+
 def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int = 6,
           entrywise_limit: int = 64, seed: int = 0, functions: dict | None = None) -> CheckResult:
     """Compare `derivation.compile()` with central differences of the function it differentiates.
@@ -64,19 +81,14 @@ def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int 
         else:
             mode = "directions"
             probes = [rng.standard_normal(w.shape) for _ in range(directions)]
-        numeric, exact, noise = [], [], 0.0
-        for v in probes:
-            plus = np.asarray(function(**{**arrays, wrt: w + h * v}), dtype=float)
-            minus = np.asarray(function(**{**arrays, wrt: w - h * v}), dtype=float)
-            numeric.append((plus - minus) / (2 * h))
-            exact.append(np.tensordot(grad, v, axes=v.ndim) if v.ndim else grad * v)
-            # rounding in f itself: differences this small are not errors of the derivative
-            noise = max(noise, 64 * np.finfo(float).eps * float(np.max(np.abs(plus), initial=0)) / h)
-        numeric, exact = np.array(numeric), np.array(exact)
+        numeric, noise = _differences(function, arrays, wrt, probes, h)
+        exact = np.array([np.tensordot(grad, v, axes=v.ndim) if v.ndim else grad * v for v in probes])
         if not (np.all(np.isfinite(numeric)) and np.all(np.isfinite(exact))):
             return CheckResult(float("nan"), False, tolerance, compared + len(probes), mode)
-        scale = max(float(np.max(np.abs(numeric), initial=0)), float(np.max(np.abs(exact), initial=0)), 1e-300)
-        excess = max(float(np.max(np.abs(numeric - exact), initial=0)) - noise, 0.0)
-        worst = max(worst, excess / scale)
+        error = _relative_excess(numeric, exact, noise)
+        if error > tolerance:  # rounding inside f (a sum that cancels) shows as differences that grow as h shrinks
+            wider, _ = _differences(function, arrays, wrt, probes, 4 * h)
+            error = _relative_excess(numeric, exact, max(noise, 2 * float(np.max(np.abs(numeric - wider)))))
+        worst = max(worst, error)
         compared += len(probes)
     return CheckResult(worst, bool(worst <= tolerance), tolerance, compared, mode)

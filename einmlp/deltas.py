@@ -215,6 +215,14 @@ def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:
     return replace(term, coeff=coeff * c, factors=tuple(factors))
 
 
+def _bound_outside(term: Term, order: dict) -> bool:
+    """Every index the term sums is also used outside the factors left out of `order` (its range is shared).
+
+    sum[s1](X2[s1]^2) - 2 sum[s2](X3[s2]^2) are two sums over different ranges: never one.
+    """
+    return all(s in order for s in term.summed)
+
+
 def _combine(a: Term, b: Term) -> Term | None:
     """A + b as one term when they differ only in the factors over one index set."""
     def keys(term):  # in a fixed order, whatever the hash seed
@@ -223,7 +231,7 @@ def _combine(a: Term, b: Term) -> Term | None:
         ka = _canonical(a, skip)
         for skip_b in keys(b):
             kb = _canonical(b, skip_b)
-            if ka[:3] != kb[:3]:
+            if ka[:3] != kb[:3] or not (_bound_outside(a, ka[3]) and _bound_outside(b, kb[3])):
                 continue
             rename = {v: k for k, v in ka[3].items()}
             to_a = {s: rename[v] for s, v in kb[3].items()}

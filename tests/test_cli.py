@@ -68,11 +68,11 @@ def test_hessian_flag():
     assert result.stdout == "A + A.T\n"
 
 
-def test_check_passes_and_fails_with_exit_codes():
-    ok = run("check", ARTICLE, "--wrt", "W1", *SHAPES)
+def test_check_passes_with_exit_code_0():
+    """(A check that fails exits 1: test_check_fails_with_exit_1_on_a_non_finite_gradient. A tolerance
+    below what finite differences resolve no longer fails a right gradient: that noise is estimated.)"""
+    ok = run("check", ARTICLE, "--wrt", "W1", *SHAPES, "--tolerance", "1e-30")
     assert ok.returncode == 0 and "ok: max relative error" in ok.stdout
-    strict = run("check", ARTICLE, "--wrt", "W1", *SHAPES, "--tolerance", "1e-30")
-    assert strict.returncode == 1 and "FAILED" in strict.stdout
 
 
 def test_shapes_prints_the_dimension_algebra():
