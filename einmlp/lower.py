@@ -156,7 +156,7 @@ class _Printer:
         if isinstance(e, sp.KroneckerDelta):
             return self.delta(*e.args)
         if isinstance(e, UserFunction) and type(e).definition is not None:
-            return self.p(type(e).definition.xreplace({PARAM: e.args[0]}))
+            return self.p(inline_definitions(e))  # written out all the way, as atom() judges it
         if isinstance(e, UserFunction):
             return f"_functions[{e.label()!r}]({self.p(e.args[0])})"
         if isinstance(e, sp.Function) and len(e.args) == 1:

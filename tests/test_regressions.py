@@ -191,5 +191,13 @@ def test_check_accepts_a_derivative_that_is_zero_up_to_rounding():
     assert einmlp.check(prog.hessian("X5"), arrays, tolerance=1e-4).ok
 
 
+def test_hessian_through_nested_user_functions():
+    """d''(A) is written out as c''(A) = 2 b'(A) + A b''(A): one expression, parenthesised as one."""
+    from conftest import autodiff
+    prog = einmlp.parse("b(x) = x\nc(x) = x b(x)\nd(x) = c(x)\nL = d(w[i] v[i])")
+    arrays = {"w": np.array([1.0, 2.0, 3.0]), "v": np.array([0.5, 1.0, 2.0])}
+    np.testing.assert_allclose(prog.hessian("w").compile()(**arrays), autodiff(prog, "L", "w", arrays, order=2))
+
+
 def test_a_program_without_inputs_compiles():
     assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
