@@ -130,7 +130,8 @@ def path_count(model: Model, of: str, wrt: str) -> int:
     return counts.get(of, 0)
 
 
-def _name(model: Model, tensor: str, taken: set[str]) -> str:
+def _name(tensor: str, taken: set[str]) -> str:
+    """The adjoint's tensor: Cbar, or Cbar_ where the program already has a Cbar."""
     name = tensor + "bar"
     while name in taken:
         name += "_"
@@ -269,7 +270,7 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
         readers = [u for u in users.get(tensor, []) if u in on_path]
         own = tuple(model.definitions[tensor].indices)
         own = tuple(names.fresh(i.name) if i.is_Symbol and i in walk.pattern else i for i in own)
-        name = _name(model, tensor, tensors)
+        name = _name(tensor, tensors)
         form = walk.adjoint(tensor, readers, own)
         walk.bars[tensor] = name
         walk.define(tensor, name, form)
