@@ -66,6 +66,8 @@ def check_one(seed: int) -> Outcome:
         expected = np.asarray(derivative(generated.source, arrays, of, wrt, order))
     except OracleError as e:
         return Outcome("generator", message=f"the oracle rejects seed {seed}: {e}")
+    except Exception as e:  # noqa: BLE001 - autograd itself failing is the reference's failure, reported as such
+        return Outcome("generator", message=f"the oracle (autograd) fails on seed {seed}: {type(e).__name__}: {e}")
     if not (np.all(np.isfinite(expected_value)) and np.all(np.isfinite(expected))):
         return Outcome("skipped")
     what = f"d{'2' if order == 2 else ''}{of}/d{wrt}{'2' if order == 2 else ''}"
