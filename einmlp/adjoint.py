@@ -122,6 +122,12 @@ def _direct(model: Model) -> dict[str, list[str]]:
     return users
 
 
+def on_path(model: Model, of: str, wrts) -> list[str]:
+    """The statements between `of` and any of `wrts`, in program order (`of` included)."""
+    return [n for n in model.definitions if (n == of or model.depends(of, n))
+            and any(model.depends(n, w) for w in wrts)]
+
+
 def path_count(model: Model, of: str, wrt: str) -> int:
     """How many chains of statements lead from `of` down to `wrt` (2^L for L residual blocks)."""
     counts: dict[str, int] = {wrt: 1}
@@ -256,18 +262,17 @@ def with_statement(model: Model, name: str, form: IndexForm, of: str, wrt: str) 
 def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     """The adjoint of every statement between `of` and `wrts`, and the gradient of each of `wrts`."""
     users = _direct(model)
-    on_path = [n for n in model.definitions if (n == of or model.depends(of, n))
-               and any(model.depends(n, w) for w in wrts)]
+    between = on_path(model, of, wrts)
     taken = set().union(*(index_names(d.expr) | {s.name for s in d.indices if s.is_Symbol}
                           for d in model.definitions.values()))
     names = Names(taken)
     walk = _Walk(model, of, names)
     tensors = set(model.inputs) | set(model.definitions)
     adjoints: dict[str, Adjoint] = {}
-    for tensor in reversed(on_path):
+    for tensor in reversed(between):
         if tensor == of:
             continue
-        readers = [u for u in users.get(tensor, []) if u in on_path]
+        readers = [u for u in users.get(tensor, []) if u in between]
         own = tuple(model.definitions[tensor].indices)
         own = tuple(names.fresh(i.name) if i.is_Symbol and i in walk.pattern else i for i in own)
         name = _name(tensor, tensors)
@@ -279,7 +284,7 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
     wrt_indices = [names.fresh(free_names[k] if k < len(free_names) else "m")
                    for k in range(max((model.inputs[w] for w in wrts), default=0))]
     for wrt in wrts:
-        readers = [u for u in users.get(wrt, []) if u in on_path]
+        readers = [u for u in users.get(wrt, []) if u in between]
         own = tuple(wrt_indices[:model.inputs[wrt]])
         form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
         adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))

@@ -11,7 +11,7 @@ import numpy as np
 import sympy as sp
 
 from . import shapes as shape_stage
-from .adjoint import Backprop, backprop, path_count, with_statement
+from .adjoint import Backprop, backprop, on_path, path_count, with_statement
 from .codegen import as_array, check_functions, compile_plan, python_source
 from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
@@ -198,8 +198,7 @@ FLAT_STATEMENTS = 8   # statements on those chains
 
 
 def _flat_is_small(model: Model, of: str, wrt: str) -> bool:
-    on_path = [n for n in model.definitions if (n == of or model.depends(of, n)) and model.depends(n, wrt)]
-    return path_count(model, of, wrt) <= FLAT_PATHS and len(on_path) <= FLAT_STATEMENTS
+    return path_count(model, of, wrt) <= FLAT_PATHS and len(on_path(model, of, (wrt,))) <= FLAT_STATEMENTS
 
 
 class Derivation:

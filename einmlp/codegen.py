@@ -7,7 +7,6 @@ opt_einsum contraction paths). The returned callable only does arithmetic.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from typing import Callable
@@ -16,7 +15,7 @@ import numpy as np
 import opt_einsum as oe
 
 from .errors import EinmlpError, ShapeError, UnknownNameError
-from .functions import BUILTINS
+from .functions import near_builtin
 from .lower import EinsumPlan
 
 
@@ -131,8 +130,8 @@ def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:
     missing = [f for f in plan.abstract if f not in functions]
     if missing:
         plural = len(missing) > 1
-        notes = [f"did you mean {near[0]}?" for f in dict.fromkeys(m.rstrip("'") for m in missing)
-                 if (near := difflib.get_close_matches(f, BUILTINS, n=1, cutoff=0.75))]
+        notes = [f"did you mean {near}?" for f in dict.fromkeys(m.rstrip("'") for m in missing)
+                 if (near := near_builtin(f))]
         raise UnknownNameError(f"function{'s' * plural} {', '.join(missing)} {'are' if plural else 'is'} abstract: "
                                f"define {'them' if plural else 'it'} in the program, e.g. f(x) = x^2, or pass "
                                "compile(functions={name: callable}) "

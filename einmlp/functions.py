@@ -7,6 +7,7 @@ each row's derivative against sympy's own differentiation and finite differences
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -93,6 +94,12 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
     Builtin("sin", sp.sin, "np.sin({x})", sp.cos),
     Builtin("cos", sp.cos, "np.cos({x})", lambda x: -sp.sin(x)),
 ]}
+
+def near_builtin(name: str) -> str | None:
+    """The built-in a misspelled name most likely meant (sigmod -> sigmoid), if any is close."""
+    near = difflib.get_close_matches(name, BUILTINS, n=1, cutoff=0.75)
+    return near[0] if near else None
+
 
 # Functions that only derivatives produce: sympy name -> numpy source. sign' is 2 DiracDelta,
 # taken as 0 as relu'' is (the kink itself has measure zero).

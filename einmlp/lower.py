@@ -164,9 +164,9 @@ class _Printer:
         raise EinmlpError(f"cannot compile {e} to numpy")
 
     def atom(self, e: sp.Expr) -> str:
-        code = self.p(e)
         if isinstance(e, UserFunction) and type(e).definition is not None:
-            e = inline_definitions(e)  # all the way down: d'(A) is c'(A) is a sum
+            e = inline_definitions(e)  # judged written out all the way: d'(A) is c'(A) is a sum
+        code = self.p(e)
         simple = isinstance(e, (sp.Indexed, sp.Symbol, sp.Function, Extent)) or (e.is_Integer and e >= 0)
         return code if simple else f"({code})"
 
@@ -373,8 +373,8 @@ class Lowerer:
         plain: list[sp.Indexed] = []
         for f in term.factors:
             indices = free_indices(f)
-            if indices and not free_indices(inline_definitions(f)):  # f(t) = 2 t: f' is constant
-                f, indices = inline_definitions(f), ()
+            if indices and not free_indices(written := inline_definitions(f)):
+                f, indices = written, ()  # f(t) = 2 t: f' is constant
             if not indices:
                 coeff_parts.append(printer.atom(f))
             elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \

@@ -9,12 +9,11 @@ is broadcast), and an index summed in one term but free in another is ambiguous.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from fractions import Fraction
 
 from .errors import IndexNotationError, ParseError, UnknownNameError
-from .functions import BUILTINS
+from .functions import BUILTINS, near_builtin
 from .syntax import BinOp, Call, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Statement, SumOver
 
 # reductions people reach for; einmlp's functions are elementwise, so each is refused with its spelling
@@ -360,10 +359,10 @@ def _abstract_notes(program: Program, defined: set[str]) -> tuple[str, ...]:
                 raise UnknownNameError(f"{node.function}(...) is not a function of einmlp: functions are elementwise, "
                                        f"and reductions are written with sums, e.g. {REDUCTIONS[node.function]} "
                                        f"(in `{source}`)")
-            near = difflib.get_close_matches(node.function, BUILTINS, n=1, cutoff=0.75)
+            near = near_builtin(node.function)
             if near:
                 notes[f"{node.function} is not a built-in, so it is an abstract function; did you mean "
-                      f"{near[0]}? (in `{source}`)"] = None
+                      f"{near}? (in `{source}`)"] = None
     return tuple(notes)
 
 

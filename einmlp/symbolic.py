@@ -308,7 +308,7 @@ def check_constants(expr: sp.Expr, where: str) -> None:
     if expr.has(sp.I):
         raise NumericError(f"`{where}` has a constant that is not a real number (such as sqrt(-1))")
     for number in expr.atoms(sp.Number):
-        if number != 0 and not abs(math.log10(abs(float(number)) or 1e-320)) <= MAX_MAGNITUDE:
+        if number != 0 and not abs(_log10(number)) <= MAX_MAGNITUDE:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
 
 
