@@ -20,6 +20,7 @@ from .lower import EinsumPlan, Lowerer, output
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
+from .textform import program_text, statement_text
 from .symbolic import ESum, Model, Partial, build_model
 
 
@@ -172,15 +173,51 @@ class Program:
         plan = lowerer.plan({"": lowerer.var_of(of)})
         return Compiled(self.model, plan, f"forward_{of}", functions)
 
+    @property
+    def text_form(self) -> str:
+        """The program in the bracket spelling: how einmlp read subscripts, einsum specs and matrix notation."""
+        return program_text(self.syntax)
+
+    @property
+    def declarations(self) -> dict[str, tuple]:
+        """Declared dimensions by name (`X is B x D` gives ('B', 'D'); `s is scalar` gives ())."""
+        return {d.name: d.dims for d in self.syntax.declarations}
+
+    @property
+    def declared_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes the declarations give in numbers (`X is 10 x 3`): the default shapes."""
+        return {name: dims for name, dims in self.declarations.items()
+                if all(isinstance(d, int) for d in dims) and name in self.model.inputs}
+
+    def example_arrays(self, seed: int = 0, **shapes) -> dict[str, np.ndarray]:
+        """Random standard-normal arrays for every input, shaped by the declarations (or `shapes`)."""
+        shapes = {**self.declared_shapes, **{k: tuple(v) for k, v in shapes.items()}}
+        missing = [n for n in self.inputs if n not in shapes and self.model.inputs[n] > 0]
+        if missing:
+            raise ShapeError(f"no numeric shape for {', '.join(missing)}: declare "
+                             f"{'them' if len(missing) > 1 else 'it'} (e.g. `{missing[0]} is 10 x 3`) "
+                             "or pass the shapes")
+        shape_stage.bind(self.model, {n: shapes.get(n, ()) for n in self.inputs})
+        rng = np.random.default_rng(seed)
+        return {n: rng.standard_normal(shapes.get(n, ())) for n in self.inputs}
+
     @guarded
     def shapes(self, **input_shapes) -> str:
-        """The dimension algebra of each statement for the given input shapes."""
-        shapes = shape_stage.bind(self.model, {k: tuple(v) for k, v in input_shapes.items()})
+        """The dimension algebra of each statement for the given input shapes (default: the declared ones).
+
+        A statement written in matrix notation also shows its own algebra, as seed 000 writes it.
+        """
+        given = {**self.declared_shapes, **{k: tuple(v) for k, v in input_shapes.items()}}
+        shapes = shape_stage.bind(self.model, given)
         lines = []
         for checked in self.checked.statements:
             st = checked.statement
+            lines.append(st.source)
+            lines += [f"    {step}" for step in st.algebra]
+            if statement_text(st) != st.source:
+                lines.append(f"    read as {statement_text(st)}")
             algebra = shape_stage.algebra(st.expr, shapes)
-            lines.append(f"{st.source}\n    {algebra} = {shape_stage.dims(shapes[st.name])}")
+            lines.append(f"    {algebra} = {shape_stage.dims(shapes[st.name])}")
         return "\n".join(lines)
 
     def _repr_latex_(self) -> str:

@@ -17,7 +17,7 @@ from .api import load
 from .codegen import python_source
 from .errors import EinmlpError, EinmlpWarning
 
-FORMATS = ("text", "latex", "matrix", "einsum", "python", "pdf")
+FORMATS = ("text", "latex", "matrix", "einsum", "python", "program", "pdf")
 
 
 class UsageError(EinmlpError):
@@ -83,6 +83,11 @@ def _pdf(d, output: str | None) -> bytes:
 
 def derive(args) -> int:
     """`einmlp derive`: the derivation in the chosen format."""
+    if args.format == "program":  # how einmlp read the program, in the bracket spelling
+        _write(load(args.file).text_form, args.output)
+        return 0
+    if not args.wrt:
+        raise UsageError("derive needs --wrt NAME (the input to differentiate with respect to)")
     d = _derivation(args)
     if args.format == "pdf":
         pdf = _pdf(d, args.output)
@@ -92,10 +97,15 @@ def derive(args) -> int:
             raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
         return 0
     out = {"text": lambda: text_report(d), "latex": lambda: d.latex(document=True),
-           "matrix": lambda: d.matrix_form + "\n", "einsum": lambda: str(d.plan) + "\n",
-           "python": lambda: python_source(d.plan, "d" + d.of + "_d" + d.wrt)}[args.format]()
+           "matrix": lambda: d.matrix_form + "\n",
+           "einsum": lambda: python_source(d.plan, _function_name(d), einsum=True),
+           "python": lambda: python_source(d.plan, _function_name(d))}[args.format]()
     _write(out, args.output)
     return 0
+
+
+def _function_name(d) -> str:
+    return ("d2" if d.order == 2 else "d") + d.of + "_d" + d.wrt + ("2" if d.order == 2 else "")
 
 
 def _write(text: str, output: str | None) -> None:
@@ -124,7 +134,7 @@ def check(args) -> int:
     """`einmlp check`: finite differences on random inputs; exit 1 when they disagree."""
     from .check import check as run_check
     d = _derivation(args)
-    arrays = _random_arrays(d.program, _shapes(args.shape), args.seed)
+    arrays = _random_arrays(d.program, {**d.program.declared_shapes, **_shapes(args.shape)}, args.seed)
     result = run_check(d, arrays, tolerance=args.tolerance)
     print(f"{d.label}: {result}")
     return 0 if result.ok else 1
@@ -133,7 +143,7 @@ def check(args) -> int:
 def shapes(args) -> int:
     """`einmlp shapes`: the dimension algebra of each statement."""
     prog = load(args.file)
-    shapes = _shapes(args.shape)
+    shapes = {**prog.declared_shapes, **_shapes(args.shape)}
     missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
     if missing:
         raise UsageError(f"give a --shape for {', '.join(missing)}")
@@ -175,12 +185,13 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("file", help="a .ein program")
         if name != "shapes":
-            p.add_argument("--wrt", required=True, help="the input to differentiate with respect to")
+            p.add_argument("--wrt", required=name != "derive", help="the input to differentiate with respect to")
             p.add_argument("--of", help="the output to differentiate (default: the last statement)")
             p.add_argument("--hessian", action="store_true", help="the second derivative instead")
         if name == "derive":
             p.add_argument("--format", choices=FORMATS, default="text",
-                           help="text (steps and plan), latex, matrix, einsum, python, or pdf (needs -o)")
+                           help="text (steps and plan), latex, matrix, einsum (runnable numpy einsum calls), "
+                                "python, program (the program as einmlp read it), or pdf (needs -o)")
             p.add_argument("-o", "--output", help="write to FILE instead of standard output")
         else:
             p.add_argument("--shape", action="append", metavar="NAME=D1,D2", help="an input's shape (repeat)")

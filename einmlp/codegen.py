@@ -65,22 +65,29 @@ _HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _i
 _PRINTABLE = re.compile(r"[ -~]*")  # one line of printable ASCII
 
 
-def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool = True) -> str:
+def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool = True,
+                  einsum: bool = False) -> str:
     """The plan as a Python function; standalone source imports numpy and opt_einsum itself.
 
     Only standalone source carries comments (einmlp's own index notation, one printable line
-    each); the source that `compile_plan` executes has none.
+    each); the source that `compile_plan` executes has none. `einsum=True` writes every
+    contraction as `np.einsum(...)` (what `derive --format einsum` prints: runnable with
+    numpy alone, where the compiled function calls BLAS directly).
     """
     args = [plan.variables[n] for n in plan.inputs] + (["_functions"] if plan.abstract else [])
     lines = [f"def {name}({', '.join(args)}):"]
     for k, eq in enumerate(plan.equations):
         if standalone and eq.comment and _PRINTABLE.fullmatch(eq.comment):
             lines.append(f"    # {eq.comment}")
-        if eq.op == "einsum" and eq.code:
+        if eq.op == "einsum" and einsum:
+            lines.append(f"    {eq.out} = np.einsum('{eq.text}', {', '.join(eq.args)})")
+        elif eq.op == "einsum" and eq.code:
             lines.append(f"    {eq.out} = {eq.code}")
         elif eq.op == "einsum":
             call = f"oe.contract('{eq.text}', " if standalone else f"_c{k}("
             lines.append(f"    {eq.out} = {call}{', '.join(eq.args)})")
+        elif einsum and eq.spec:
+            lines.append(f"    {eq.out} = {eq.spec}")
         else:
             lines.append(f"    {eq.out} = {eq.text}")
     outputs = list(plan.outputs.values())
@@ -88,7 +95,8 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
                                    else "{" + ", ".join(f"{k!r}: {v}" for k, v in plan.outputs.items()) + "}"))
     body = "\n".join(lines) + "\n"
     if standalone:
-        return "import numpy as np\nimport opt_einsum as oe\n\n\n" + _HELPERS + "\n\n" + body
+        imports = "import numpy as np\n" + ("" if einsum else "import opt_einsum as oe\n")
+        return imports + "\n\n" + _HELPERS + "\n\n" + body
     return body
 
 

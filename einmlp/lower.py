@@ -49,6 +49,7 @@ class Equation:
     text: str               # einsum subscripts, or a numpy expression
     comment: str = ""       # what it computes, in index notation
     code: str = ""          # for an einsum that is a plain matrix product: the direct numpy
+    spec: str = ""          # for a matrix product written with `@`: the same as an np.einsum call
 
     def __str__(self) -> str:
         rhs = self.code or (f"einsum('{self.text}', {', '.join(self.args)})" if self.op == "einsum" else self.text)
@@ -321,13 +322,13 @@ class Lowerer:
         form = IndexForm(tuple(normalize(d.expr, names)), d.indices)
         self.lower(form, variable(name), {i: d.extent(i) for i in d.indices if i.is_Symbol}, comment=d.source)
 
-    def emit(self, code: str, comment: str = "") -> str:
+    def emit(self, code: str, comment: str = "", spec: str = "") -> str:
         if code in self.cache:
             return self.cache[code]
         if code.isidentifier():  # already a variable: no statement that only copies a name
             return code
         var = self.temp()
-        self.equations.append(Equation(var, "eval", (), code, comment))
+        self.equations.append(Equation(var, "eval", (), code, comment, spec=spec))
         self.cache[code] = var
         return var
 
@@ -461,7 +462,10 @@ class Lowerer:
         if not candidates:
             return None
         _, k, m, code, keep = min(candidates, key=lambda c: c[0])
-        return {k, m}, (self.emit(code), keep)
+        (va, ia), (vb, ib) = operands[k], operands[m]
+        letter = {i: get_symbol(n) for n, i in enumerate(dict.fromkeys(ia + ib))}
+        spec = f"np.einsum('{_letters(ia, letter)},{_letters(ib, letter)}->{_letters(keep, letter)}', {va}, {vb})"
+        return {k, m}, (self.emit(code, spec=spec), keep)
 
     def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
         """One elementwise equation for a group of factors; returns (constant, variable, axes).
@@ -538,7 +542,7 @@ def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, 
         if e.out in aliases:
             e = replace(e, out=aliases[e.out].out, comment=aliases[e.out].comment)
         out.append(replace(e, args=tuple(aliases[a].out if a in aliases else a for a in e.args),
-                           text=renamed(e.text), code=renamed(e.code)))
+                           text=renamed(e.text), code=renamed(e.code), spec=renamed(e.spec)))
     return tuple(out)
 
 

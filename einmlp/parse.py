@@ -6,8 +6,11 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from . import spelling
 from .errors import ParseError
-from .syntax import BinOp, Call, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Span, Statement, SumOver
+from .notation import Notation, NotationError, as_index_ops, crowded, einsum, implicit, walk
+from .syntax import BinOp, Call, Declaration, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Span, Statement, \
+    SumOver, Transpose
 
 MAX_NESTING = 100  # parentheses, calls and unary minus inside one another
 MAX_DEPTH = 250    # depth of the resulting tree: long chains like a+b+c+... count too
@@ -21,39 +24,96 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 _TOKEN = re.compile(
     r"(?P<space>[ \t]+)|(?P<comment>\#[^\n]*)|(?P<newline>\n|;)"
     r"|(?P<number>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
-    r"|(?P<name>[A-Za-z][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
+    r"|(?P<op>\*\*|\.T(?![A-Za-z0-9_])|[-+*/^()\[\],=@])"
+    r"|(?P<string>\"[^\"\n]{0,200}\"|'[^'\n]{0,200}')"
 )
+# other spellings of operators: products, Hadamard, minus, transpose
+_UNICODE_OPS = {"\u00b7": "·", "\u22c5": "·", "\u00d7": "·", "\u2299": "*", "\u2212": "-", "\u1d40": ".T",
+                "\u2211": "sum"}
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    kind: str  # name, number, op, newline, end
+    kind: str  # name, number, op, string, newline, end
     text: str
     span: Span
 
 
+class _Tokens:
+    """The token list under construction, with the bracket depth that decides line ends."""
+
+    def __init__(self, text: str):
+        self.text, self.items, self.depth, self.line, self.line_start = text, [], 0, 1, 0
+
+    def span(self, offset: int) -> Span:
+        return Span(self.line, offset - self.line_start + 1)
+
+    def add(self, kind: str, value: str, offset: int) -> None:
+        if kind == "op":
+            self.depth += 1 if value in "([" else (-1 if value in ")]" else 0)
+        self.items.append(Token(kind, value, self.span(offset)))
+
+    def name(self, pos: int) -> int:
+        """A name with its spelling read (`Ŷ_i0` is Yhat[i,0]); returns where it ends."""
+        try:
+            name = spelling.read_name(self.text, pos)
+        except spelling.SpellingError as exc:
+            raise _error(self.text, self.span(exc.offset), str(exc)) from None
+        text = "sum" if self.text[pos] in "\u03a3\u2211" and name.indices is not None else name.text
+        self.add("name", text, pos)
+        if name.indices is not None:
+            self.add("op", "[", name.index_offsets[0] - 1 if name.index_offsets else pos)
+            for k, (index, offset) in enumerate(zip(name.indices, name.index_offsets)):
+                if k:
+                    self.add("op", ",", offset)
+                self.add("number" if isinstance(index, int) else "name", str(index), offset)
+            self.add("op", "]", name.end - 1)
+        return name.end
+
+    def superscript(self, pos: int) -> int:
+        """`²` after a name, `)` or `]` is a power."""
+        digits, end = spelling.superscript_power(self.text, pos)
+        previous = self.items[-1] if self.items else None
+        if previous is None or not (previous.kind in ("name", "number") or previous.text in (")", "]")):
+            raise _error(self.text, self.span(pos), f"superscript {self.text[pos:end]!r} has nothing to raise")
+        if digits == "1" and previous.kind == "name":
+            raise _error(self.text, self.span(pos), f"{previous.text}¹ without indices: write "
+                         f"{previous.text}1 for the name (a layer), or {previous.text}^1 for the power")
+        self.add("op", "^", pos)
+        self.add("number", digits, pos)
+        return end
+
+
 def tokenize(text: str) -> list[Token]:
     """Split text into tokens; line breaks inside brackets do not end a statement."""
-    tokens, depth, pos, line, line_start = [], 0, 0, 1, 0
+    tokens, pos = _Tokens(text), 0
     while pos < len(text):
+        ch = text[pos]
+        if ch in _UNICODE_OPS and not (ch == "\u2211" and text.startswith("_", pos + 1)):
+            tokens.add("name" if ch == "\u2211" else "op", _UNICODE_OPS[ch], pos)
+            pos += 1
+            continue
+        if ch in spelling.SUPERSCRIPTS or ch == "\u207d":
+            pos = tokens.superscript(pos)
+            continue
+        if ch == "\u2211" or spelling.starts_name(text, pos):
+            pos = tokens.name(pos)
+            continue
         match = _TOKEN.match(text, pos)
-        span = Span(line, pos - line_start + 1)
         if not match:
-            raise _error(text, span, f"unexpected character {text[pos]!r}")
+            raise _error(text, tokens.span(pos), f"unexpected character {ch!r}")
         kind, value = match.lastgroup, match.group()
-        if kind == "op":
-            depth += value in "([" and 1 or (-1 if value in ")]" else 0)
         if kind == "newline":
-            if depth <= 0:
-                tokens.append(Token("newline", value, span))
+            if tokens.depth <= 0:
+                tokens.add("newline", value, pos)
             if value == "\n":
-                line, line_start = line + 1, match.end()
+                tokens.line, tokens.line_start = tokens.line + 1, match.end()
         elif kind not in ("space", "comment"):
-            tokens.append(Token(kind, value, span))
+            tokens.add(kind, value, pos)
         pos = match.end()
-    tokens.append(Token("newline", "", Span(line, pos - line_start + 1)))
-    tokens.append(Token("end", "", Span(line, pos - line_start + 1)))
-    return tokens
+    tokens.add("newline", "", pos)
+    tokens.add("end", "", pos)
+    return tokens.items
 
 
 def _error(text: str, span: Span, message: str) -> ParseError:
@@ -73,6 +133,9 @@ class _Parser:
     def __init__(self, text: str):
         self.text, self.tokens, self.pos, self.depth = text, tokenize(text), 0, 0
         self.lines = text.split("\n")
+        self.einsum_outputs: dict[int, tuple] = {}  # id of an einsum's expression -> its output letters
+        self.risky_einsums: set[int] = set()  # einsums that must be a whole right-hand side
+        self.notation_rank = lambda name: None
 
     # -- token helpers -------------------------------------------------------------------
     @property
@@ -105,12 +168,19 @@ class _Parser:
 
     # -- statements ----------------------------------------------------------------------
     def program(self) -> Program:
-        statements, functions = [], []
+        statements, functions, declarations = [], [], []
+        notation = Notation()
+        self.notation_rank = notation.rank_of
         while self.tok.kind != "end":
             if self.tok.kind == "newline":
                 self.take()
                 continue
             start = self.pos
+            if self.is_declaration():
+                declaration = self.declaration(self.source_of(start))
+                self.noted(notation.declare, declaration)
+                declarations.append(declaration)
+                continue
             item = self.definition() if self.is_definition() else self.statement()
             if self.tok.kind != "newline":
                 raise self.error(f"expected end of line, found {_describe(self.tok)}")
@@ -120,10 +190,63 @@ class _Parser:
                 raise self.error(f"expression nested more than {MAX_DEPTH} levels deep; split it into "
                                  "intermediate statements", self.tokens[start].span)
             if isinstance(item, FunctionDef):
-                functions.append(FunctionDef(item.name, item.param, item.body, item.span, source))
+                self.refuse_matrix_ops(item.body, f"the definition of {item.name}")
+                functions.append(FunctionDef(item.name, item.param, as_index_ops(item.body), item.span, source))
             else:
-                statements.append(Statement(item.name, item.indices, item.expr, item.span, source))
-        return Program(tuple(statements), tuple(functions))
+                statement = Statement(item.name, item.indices, item.expr, item.span, source)
+                statements.append(self.noted(notation.statement, statement, set()))
+        return Program(tuple(statements), tuple(functions), tuple(declarations))
+
+    def noted(self, method, *args):
+        """Run a notation step, turning its complaint into an error with a caret."""
+        try:
+            return method(*args)
+        except NotationError as exc:
+            if exc.kind is not None and exc.kind is not ParseError:
+                where = f"line {exc.span.line}: " if exc.span else ""
+                raise exc.kind(where + str(exc)) from None
+            raise self.error(str(exc), exc.span) from None
+
+    def refuse_matrix_ops(self, body: Expr, where: str) -> None:
+        for node in walk(body):
+            if isinstance(node, Transpose) or isinstance(node, BinOp) and node.op == "@":
+                raise self.error(f"'@' and transposes are matrix notation, which {where} cannot use", node.span)
+
+    def is_declaration(self) -> bool:
+        return self.tok.kind == "name" and self.peek().kind == "name" and self.peek().text == "is"
+
+    def declaration(self, source: str) -> Declaration:
+        """`X is B x D`, `W1 is 3 x 4`, `s is scalar`: a name's rank and dimensions."""
+        name = self.take()
+        self.take()
+        if self.tok.kind == "name" and self.tok.text == "scalar" and self.peek().kind == "newline":
+            self.take()
+            return Declaration(name.text, (), name.span, source)
+        dims = [self.dimension()]
+        while self.tok.kind != "newline":
+            token = self.tok
+            if token.kind == "name" and token.text[:1] == "x" and token.text[1:].isdigit():
+                self.take()  # 10x3: the x and the next number were read as one name
+                dims.append(self.dimension_number(Token("number", token.text[1:], token.span)))
+                continue
+            if not (token.kind == "name" and token.text == "x" or self.at("·") or self.at("*")):
+                raise self.error(f"expected 'x' between dimensions (X is B x D), found {_describe(token)}")
+            self.take()
+            dims.append(self.dimension())
+        return Declaration(name.text, tuple(dims), name.span, source)
+
+    def dimension(self):
+        token = self.take()
+        if token.kind == "number":
+            return self.dimension_number(token)
+        if token.kind == "name" and not self.at("["):
+            return token.text
+        raise self.error("expected a dimension: a name (B, D) or a positive integer", token.span)
+
+    def dimension_number(self, token: Token) -> int:
+        if not token.text.isdigit() or not 0 < int(token.text) <= 10 ** 9:
+            raise self.error(f"a dimension is a positive integer up to 10^9, not {token.text[:20]}", token.span)
+        return int(token.text)
 
     def source_of(self, start: int) -> str:
         return self.lines[self.tokens[start].span.line - 1].strip()
@@ -144,7 +267,21 @@ class _Parser:
         name = self.expect_name("a statement such as Y[i] = ... or f(x) = ...")
         indices = self.index_list() if self.at("[") else ()
         self.expect("=", "'=' after the left-hand side")
-        return Statement(name.text, indices, self.expr(), name.span, "")
+        expr = self.expr()
+        for node in walk(expr):
+            if id(node) in self.risky_einsums and node is not expr:
+                raise self.error("this einsum multiplies names elementwise inside an operand; inside a larger "
+                                 "expression its output indices would be summed there: give it its own "
+                                 "statement (C = einsum(...)) and use C", node.span)
+        output = self.einsum_outputs.get(id(expr))
+        if output is not None:  # C = einsum("ij,jk->ik", X, W) is C[i,k] = X[i,j] W[j,k]
+            if indices and len(indices) != len(output):
+                raise self.error(f"{name.text} has {len(indices)} indices but the einsum gives {len(output)} axes",
+                                 name.span)
+            rename = dict(zip(output, indices)) if indices else {}
+            expr = _einsum_as_statement(expr, rename)
+            indices = indices or output
+        return Statement(name.text, indices, expr, name.span, "")
 
     def index_list(self) -> tuple:
         self.expect("[")
@@ -199,9 +336,10 @@ class _Parser:
     def product(self) -> Expr:
         left = self.unary()
         for _ in range(MAX_DEPTH + 1):
-            if not (self.at("*") or self.at("/") or self.starts_atom()):
+            if not (self.at("*") or self.at("/") or self.at("@") or self.at("·") or self.starts_atom()):
                 return left
-            op = self.take().text if not self.starts_atom() else "*"
+            op = self.take().text if not self.starts_atom() else " "  # juxtaposition
+            op = " " if op == "·" else op
             span = self.tok.span
             left = BinOp(op, left, self.unary(), span)
         raise self.too_long()
@@ -217,6 +355,8 @@ class _Parser:
 
     def power(self) -> Expr:
         base = self.atom()
+        while self.at(".T"):
+            base = Transpose(base, self.take().span)
         if self.at("^") or self.at("**"):
             op = self.take()
             return BinOp("^", base, self.nested(self.unary), op.span)
@@ -231,13 +371,17 @@ class _Parser:
             self.take()
             inner = self.expr()
             self.expect(")", "')'")
-            scoped = isinstance(inner, BinOp) and inner.op in "*/"
+            scoped = isinstance(inner, BinOp) and inner.op in ("*", "/", " ", "@")
             return Group(inner, token.span) if scoped else inner
+        if token.kind == "string":
+            raise self.error("a quoted string is only an einsum spec: einsum(\"ij,jk->ik\", X, W)")
         if token.kind != "name":
             raise self.error(f"expected a number, a name or '(', found {_describe(token)}")
         self.take()
         if token.text == "sum" and self.at("["):
             return self.explicit_sum(token)
+        if token.text == "einsum" and self.at("(") and self.peek().kind == "string":
+            return self.einsum(token)
         if self.at("["):
             return Ref(token.text, self.index_list(), token.span)
         if self.at("("):
@@ -262,6 +406,21 @@ class _Parser:
             raise self.error(f"number {token.text} is too large", token.span)
         return value
 
+    def einsum(self, token: Token) -> Expr:
+        """`einsum("ij,jk->ik", X, W)`: the contraction numpy computes, in index notation."""
+        self.take()
+        spec = self.take()
+        operands = []
+        while self.at(","):
+            self.take()
+            operands.append(self.expr())
+        self.expect(")", "',' or ')' in einsum(...)")
+        expr, output = self.noted(einsum, spec.text[1:-1], operands, spec.span, self.notation_rank)
+        self.einsum_outputs[id(expr)] = output
+        if any(crowded(expr, ch) for ch in output):
+            self.risky_einsums.add(id(expr))
+        return expr
+
     def explicit_sum(self, token: Token) -> SumOver:
         indices = self.index_list()
         for index in indices:
@@ -273,6 +432,41 @@ class _Parser:
         body = self.expr()
         self.expect(")", "')' closing sum[...](")
         return SumOver(tuple(indices), body, token.span)
+
+
+def _einsum_as_statement(expr: Expr, rename: dict) -> Expr:
+    """A whole right-hand side einsum: its letters renamed to the left side's, its sum
+    written by the Einstein rule where that reads the same (`C[i,k] = X[i,j] W[j,k]`)."""
+    def renamed(node):
+        if isinstance(node, Ref):
+            return Ref(node.name, tuple(rename.get(i, i) for i in node.indices), node.span)
+        if isinstance(node, BinOp):
+            return BinOp(node.op, renamed(node.left), renamed(node.right), node.span)
+        if isinstance(node, Neg):
+            return Neg(renamed(node.operand), node.span)
+        if isinstance(node, Call):
+            return Call(node.function, renamed(node.arg), node.span)
+        if isinstance(node, (Group, SumOver)):
+            return type(node)(*([node.indices] if isinstance(node, SumOver) else []), renamed(node.body), node.span)
+        return node
+    if rename and set(rename.values()) & _summed_letters(expr) - set(rename):
+        raise ParseError(f"the einsum's summed letters {sorted(_summed_letters(expr))} clash with the left side's "
+                         f"indices {sorted(rename.values())}; choose other letters")
+    expr = renamed(expr)
+    if isinstance(expr, SumOver):
+        factors = _product_factors(expr.body)
+        return implicit(factors, list(expr.indices), expr.span)
+    return expr
+
+
+def _summed_letters(expr: Expr) -> set:
+    return set(expr.indices) if isinstance(expr, SumOver) else set()
+
+
+def _product_factors(expr: Expr) -> list:
+    if isinstance(expr, BinOp) and expr.op == "*":
+        return _product_factors(expr.left) + [expr.right]
+    return [expr]
 
 
 def _depth(expr: Expr) -> int:
@@ -287,7 +481,7 @@ def _depth(expr: Expr) -> int:
             stack.append((node.operand, depth + 1))
         elif isinstance(node, Call):
             stack.append((node.arg, depth + 1))
-        elif isinstance(node, (SumOver, Group)):
+        elif isinstance(node, (SumOver, Group, Transpose)):
             stack.append((node.body, depth + 1))
     return deepest
 

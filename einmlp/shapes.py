@@ -11,7 +11,7 @@ import sympy as sp
 
 from .errors import ShapeError
 from .symbolic import ESum, Model
-from .syntax import BinOp, Call, Expr, Neg, Num, Ref, SumOver
+from .syntax import BinOp, Call, Expr, Group, Neg, Num, Ref, SumOver
 
 Binding = tuple[int, str, int]  # length, tensor, axis
 
@@ -106,6 +106,8 @@ def algebra(expr: Expr, shapes: dict) -> str:
         return f"{expr.function}({algebra(expr.arg, shapes)})"
     if isinstance(expr, SumOver):
         return f"sum[{','.join(expr.indices)}]({algebra(expr.body, shapes)})"
+    if isinstance(expr, Group):
+        return f"({algebra(expr.body, shapes)})"
     left, right = algebra(expr.left, shapes), algebra(expr.right, shapes)
     if isinstance(expr, BinOp) and expr.op in "+-":
         return f"{left} {expr.op} {right}"

@@ -230,8 +230,11 @@ class _Builder:
                 "/": lambda: left / right, "^": lambda: left ** right}[expr.op]()
 
     # -- lifting ---------------------------------------------------------------------------
-    def lift_all(self, expr: sp.Expr, lhs: tuple) -> sp.Expr:
+    def lift_all(self, expr: sp.Expr, lhs: tuple, written: tuple = ()) -> sp.Expr:
+        """Name the contractions of `expr`; `written`: its index names in the order the source
+        writes them, which a named contraction keeps (`X[i,j] W1[j,k]` is A[i,k], not A[k,i])."""
         self.lhs = lhs
+        self.written = {index(i): k for k, i in enumerate(dict.fromkeys(written))}
         return self.visit(expr)
 
     def visit(self, e: sp.Expr) -> sp.Expr:
@@ -269,7 +272,7 @@ class _Builder:
             symbols = [i for i in c if i.is_Symbol]
             if set(symbols) == set(free) and len(symbols) == len(free) and all(i.is_Symbol or i == 0 for i in c):
                 return tuple(c)
-        return free
+        return tuple(sorted(free, key=lambda i: self.written.get(i, len(self.written))))
 
     def lift(self, e: sp.Expr, name: str | None = None) -> sp.Expr:
         free = free_indices(e)
@@ -312,6 +315,14 @@ def check_constants(expr: sp.Expr, where: str) -> None:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
 
 
+def _written_indices(expr) -> tuple[str, ...]:
+    """Index names of a syntax tree, left to right as written."""
+    if isinstance(expr, Ref):
+        return tuple(i for i in expr.indices if isinstance(i, str))
+    parts = [getattr(expr, a) for a in ("left", "right", "operand", "arg", "body") if hasattr(expr, a)]
+    return tuple(i for part in parts for i in _written_indices(part))
+
+
 def _fresh_names():
     yield from ascii_uppercase
     k = 1
@@ -339,7 +350,8 @@ def build_model(program: CheckedProgram) -> Model:
         lhs = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in st.indices)
         built = builder.build(checked.expr)
         check_constants(built, st.source)
-        expr = builder.lift_all(built, lhs)
+        expr = builder.lift_all(built, lhs, tuple(i for i in st.indices if isinstance(i, str))
+                                + _written_indices(checked.expr))
         extents = tuple(_syntax_extent(checked.expr, i) if isinstance(i, str) else None for i in st.indices)
         builder.definitions[st.name] = Definition(st.name, lhs, expr, st.source, False, extents)
     for name, d in builder.definitions.items():

@@ -3,8 +3,9 @@
 Grammar (one statement or definition per line; `#` starts a comment; a line break
 inside brackets or parentheses continues the statement)::
 
-    program    := (statement | definition)*
+    program    := (statement | definition | declaration)*
     definition := NAME '(' NAME ')' '=' expr                # f(x) = x^2
+    declaration := NAME 'is' (dim ('x' dim)* | 'scalar')     # W1 is D x Z, X is 10 x 3
     statement  := NAME ('[' index (',' index)* ']')? '=' expr
     index      := NAME | INTEGER
     expr       := product (('+' | '-') product)*
@@ -13,6 +14,10 @@ inside brackets or parentheses continues the statement)::
     power      := atom (('^' | '**') unary)?
     atom       := NUMBER | NAME '[' index, ... ']' | NAME '(' expr ')'
                 | 'sum' '[' NAME, ... ']' '(' expr ')' | NAME | '(' expr ')'
+
+Names may be spelled with subscripts and Unicode (`spelling`), contractions as numpy
+einsum specs, and whole statements in matrix notation over declared shapes (`notation`);
+each is read into the records below, so later stages see one language.
 
 Parentheses around a product are kept as a `Group`: they scope the product's sums as a
 call does (`1 / (y[h] y[h])` is `1 / sum_h y[h]^2`).
@@ -74,12 +79,18 @@ class SumOver:
 
 
 @dataclass(frozen=True, slots=True)
+class Transpose:
+    body: "Expr"  # `X.T` or `Xᵀ`: matrix notation only, translated away before any later stage
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     body: "Expr"  # a parenthesised product: its repeated indices are summed inside
     span: Span
 
 
-Expr = Num | Ref | Call | BinOp | Neg | SumOver | Group
+Expr = Num | Ref | Call | BinOp | Neg | SumOver | Group | Transpose
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,17 @@ class Statement:
     expr: Expr
     span: Span
     source: str  # the statement's own text, for messages
+    algebra: tuple[str, ...] = ()  # matrix notation: the dimension algebra, one line per operation
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """`X is B x D`: the rank of X, its dimension names, and numbers where given."""
+
+    name: str
+    dims: tuple[str | int, ...]  # () declares a scalar
+    span: Span
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +126,4 @@ class FunctionDef:
 class Program:
     statements: tuple[Statement, ...]
     functions: tuple[FunctionDef, ...]
+    declarations: tuple[Declaration, ...] = ()

@@ -58,19 +58,23 @@ def random_arrays(program: einmlp.Program, shapes: dict, seed: int = 0, positive
     return out
 
 
-def autodiff(program: einmlp.Program, of: str, wrt: str, arrays: dict, order: int = 1, functions=None):
-    """The derivative by autograd over the independent oracle (tests/oracle.py), read from the source text."""
+def autodiff(program: einmlp.Program, of: str, wrt: str, arrays: dict, order: int = 1, functions=None,
+             twin: str | None = None):
+    """The derivative by autograd over the independent oracle (tests/oracle.py), read from the source
+    text; `twin`: the same program written by hand in the bracket spelling, for the oracle to read
+    where the source uses another spelling (subscripts, Unicode, einsum specs, matrix notation)."""
     from oracle import derivative
 
-    return derivative(program.text, arrays, of, wrt, order, functions)
+    return derivative(twin or program.text, arrays, of, wrt, order, functions)
 
 
-def assert_gradient(derivation, arrays: dict, *, rtol: float = 1e-7, functions=None, tolerance: float = 1e-6):
+def assert_gradient(derivation, arrays: dict, *, rtol: float = 1e-7, functions=None, tolerance: float = 1e-6,
+                    twin: str | None = None):
     """Finite differences and autograd both agree with the compiled derivative."""
     result = einmlp.check(derivation, arrays, tolerance=tolerance, functions=functions)
     assert result.ok, str(result)
     value = derivation.compile(functions)(**arrays)
-    expected = autodiff(derivation.program, derivation.of, derivation.wrt, arrays, derivation.order, functions)
+    expected = autodiff(derivation.program, derivation.of, derivation.wrt, arrays, derivation.order, functions, twin)
     expected = np.reshape(expected, np.shape(value))
     np.testing.assert_allclose(value, expected, rtol=rtol, atol=1e-10 * max(1.0, np.max(np.abs(expected))))
     return value

@@ -163,6 +163,8 @@ def parse(source: str):
     code = "\n".join(line.split("#", 1)[0] for line in source.split("\n"))  # comments end at the line break
     for raw in re.split(r"[\n;]", code):
         line = raw.strip()
+        if re.fullmatch(r"[A-Za-z]\w* is [\w ]+", line):  # a declaration (X is 10 x 3): it changes no value
+            continue
         if line:
             s = _Parser(line).statement()
             if s[0] == "def":

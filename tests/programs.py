@@ -275,6 +275,8 @@ class _Generator:
             ref = f"{t}[{','.join('0' if i == 0 else i for i in self.targets[t])}]" if self.targets[t] else t
             loss += f" + 0.2 sum[{','.join(named)}]({_paren(ref)}^2)" if named else f" + 0.2 {ref}"
         lines.append(f"L = {loss}")
+        # capitalised names without indices look like matrices: scalar inputs say they are scalars
+        lines = [f"{n} is scalar" for n, shape in self.shapes.items() if shape == () and n[:1].isupper()] + lines
         return Generated(DEFINITIONS + "\n".join(lines) + "\n", dict(self.shapes), list(self.targets) + ["L"],
                          list(self.shapes))
 

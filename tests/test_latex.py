@@ -40,7 +40,7 @@ def test_align_body_and_document():
     (ARTICLE_ACTIVATED, "W1"),
     ("L = T[i,j,k] a[i] b[j] c[k]", "T"),                       # no matrix form
     ("P[b,k] = exp(z[b,k]) / sum[j](exp(z[b,j]))\nL = -Y[b,k] log(P[b,k])", "z"),
-    ("x_in2[i] = relu(u[i])\nL = x_in2[i] x_in2[i]", "u"),     # names that need escaping
+    ("Ŷ_i = relu(μ_i)\nΔ = Ŷ_i Ŷ_i", "mu"),                  # names spelled in Unicode
     ("H1[b,z] = tanh(X[b,d] W1[d,z])\nL = (H1[b,z] - T[b,z])^2", "W1"),  # a layer name raised to a power
     ("Z1 = a2[i] a2[i]\nL = Z1^2 + sqrt(Z1)^3", "a2"),
 ])
