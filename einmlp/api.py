@@ -76,7 +76,11 @@ class Compiled:
         inputs = set(self.model.inputs)
         names = self._needed + tuple(n for n in self._checks
                                      if ((self.model.uses.get(n, frozenset()) | {n}) & inputs) <= shapes.keys())
-        shape_stage.bind_needed(self.model, shapes, names)
+        try:
+            shape_stage.bind_needed(self.model, shapes, names)
+        except ShapeError as exc:
+            hint = shape_stage.reuse_hint(self.model)
+            raise ShapeError(f"{exc}{'; ' + hint if hint else ''}") from None
 
     def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
         args, others = self._arguments(args, arrays)

@@ -284,6 +284,9 @@ class Matrix:
         text = expr_text(node, True)
         if node.op in (" ", "@") and la and ra:
             return self.matmul(node, left, la, right, ra, text)
+        if node.op == "@":
+            raise self.fail(f"{text}: '@' multiplies vectors and matrices; a scalar is multiplied with '*'", node.span,
+                            IndexNotationError)
         if node.op == "^":
             if ra:
                 raise self.fail(f"{text}: the exponent must be a scalar", node.span)
@@ -487,12 +490,13 @@ class Notation:
                 continue
             factors = _factors(node)
             lookalikes = [f for f in factors if looks_like_matrix(f)]
-            neighbours = [f for f in factors if isinstance(f, Ref) and f.indices] if near_indexed else lookalikes[1:]
+            neighbours = lookalikes[1:] + ([f for f in factors if isinstance(f, Ref) and f.indices] if near_indexed
+                                           else [])
             if lookalikes and neighbours:
                 names = " ".join(f.name for f in lookalikes)
                 first = lookalikes[0].name
                 raise NotationError(
-                    f"{names} without indices next to {'indexed tensors' if near_indexed else 'each other'} "
+                    f"{names} without indices next to {'each other' if len(lookalikes) > 1 else 'indexed tensors'} "
                     f"look{'s' * (len(lookalikes) == 1)} like matri{'ces' if len(lookalikes) > 1 else 'x'}, but "
                     f"undeclared names without indices are scalars. Readings: indices ({first}[i,j] ...), "
                     f"matrix notation (declare `{first} is B x D` first), or scalars (declare `{first} is scalar`)",

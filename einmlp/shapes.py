@@ -121,3 +121,21 @@ def algebra(expr: Expr, shapes: dict) -> str:
     if isinstance(expr.left, BinOp) and expr.left.op in "+-":
         left = f"({left})"
     return left + right if left.endswith("]") and right.startswith("[") else f"{left} {right}"
+
+
+def reuse_hint(model: Model) -> str:
+    """One name used for two tensors (the request's `W_jk ... W_k0`): say so, for a shape error."""
+    uses: dict[str, dict] = {}
+    for d in model.definitions.values():
+        for entry in sp.preorder_traversal(d.expr):
+            if isinstance(entry, sp.Indexed) and entry.base.label.name in model.inputs:
+                uses.setdefault(entry.base.label.name, {})[tuple(entry.indices)] = None
+    for name, patterns in uses.items():
+        patterns = list(patterns)
+        for a in patterns:
+            for b in patterns:
+                if len(a) == len(b) and any(x.is_Integer != y.is_Integer for x, y in zip(a, b)):
+                    first, second = (f"{name}[{','.join(map(str, p))}]" for p in (a, b))
+                    return (f"{name} is used as {first} and {second}: if these are two layers, give them two "
+                            f"names, {name}¹ and {name}² (or {name}1, {name}2)")
+    return ""
