@@ -143,7 +143,12 @@ def check(args) -> int:
 def shapes(args) -> int:
     """`einmlp shapes`: the dimension algebra of each statement."""
     prog = load(args.file)
-    shapes = {**prog.declared_shapes, **_shapes(args.shape)}
+    given = _shapes(args.shape)
+    unknown = [n for n in given if n not in prog.inputs]
+    if unknown:
+        raise UsageError(f"--shape names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
+                         f"not an input (inputs: {', '.join(prog.inputs)})")
+    shapes = {**prog.declared_shapes, **given}
     missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
     if missing:
         raise UsageError(f"give a --shape for {', '.join(missing)}")

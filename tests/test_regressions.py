@@ -186,7 +186,7 @@ def test_hessian_through_abs_of_a_lifted_sum():
 
 def test_check_accepts_a_derivative_that_is_zero_up_to_rounding():
     """A Hessian that is 0, where central differences of the cancelling gradient give only noise."""
-    prog = einmlp.parse("T2 = X1 X1 / (X5[s] X5[s])\nT3[0] = T2 X6[s3,s3]\nL = T3[0] + 0.5 T3[0]^2")
+    prog = einmlp.parse("X1 is scalar\nT2 = X1 X1 / (X5[s] X5[s])\nT3[0] = T2 X6[s3,s3]\nL = T3[0] + 0.5 T3[0]^2")
     arrays = {"X1": np.array(1e-8), "X5": np.array([-0.9, -0.2, 0.03]), "X6": np.eye(2)}
     assert einmlp.check(prog.hessian("X5"), arrays, tolerance=1e-4).ok
 
