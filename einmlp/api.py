@@ -159,6 +159,11 @@ class Program:
             return Gradients(self, of, tuple(wrt))
         return Derivation(self, of, wrt)
 
+    def value_and_grad(self, wrt, of: str | None = None):
+        """The value of `of` and its gradients, compiled together: `.compile()(**arrays) -> (value, {name: grad})`."""
+        from .training import ValueAndGrad
+        return ValueAndGrad(self, self._of(of), (wrt,) if isinstance(wrt, str) else tuple(wrt))
+
     def hessian(self, wrt: str, of: str | None = None) -> "Derivation":
         """d^2 of / d wrt^2, shaped `wrt.shape + wrt.shape` for a scalar `of`."""
         return Derivation(self, self._of(of), wrt, base=self.grad(wrt, of))
