@@ -35,6 +35,7 @@ class Token:
 def tokenize(text: str) -> list[Token]:
     """Split text into tokens; line breaks inside brackets do not end a statement."""
     tokens, depth, pos, line, line_start = [], 0, 0, 1, 0
+    end = Span(1, 1)  # just after the last token: where an unclosed bracket is reported, not past its line break
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         span = Span(line, pos - line_start + 1)
@@ -50,9 +51,10 @@ def tokenize(text: str) -> list[Token]:
                 line, line_start = line + 1, match.end()
         elif kind not in ("space", "comment"):
             tokens.append(Token(kind, value, span))
+            end = Span(line, match.end() - line_start + 1)
         pos = match.end()
-    tokens.append(Token("newline", "", Span(line, pos - line_start + 1)))
-    tokens.append(Token("end", "", Span(line, pos - line_start + 1)))
+    tokens.append(Token("newline", "", end))
+    tokens.append(Token("end", "", end))
     return tokens
 
 
