@@ -180,3 +180,15 @@ def program_latex(program) -> str:
     for d in program.model.definitions.values():
         rows.append(f"{to_latex(d.lhs)} &= {to_latex(d.expr)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def derivations_latex(derivations) -> str:
+    """A whole document with the steps of several derivatives of one program, one after another."""
+    from pathlib import Path
+    first = derivations[0]
+    parts = [rf"\intertext{{\large\textbf{{Gradient ${to_latex(d.lhs)}$}}}}" + "\n" + steps_latex(d.steps)
+             for d in derivations]
+    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
+             + r"\[" + program_latex(first.program) + r"\]")
+    title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
+    return document(title, " \\\\\n".join(parts), intro)
