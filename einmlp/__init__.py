@@ -12,8 +12,8 @@ from .training import TrainResult, ValueAndGrad, train
 
 __version__ = "0.1.0"
 
-__all__ = ["parse", "load", "check", "train", "assert_gradient", "Program", "Derivation", "Gradients", "Compiled", "CheckResult",
-           "ValueAndGrad", "TrainResult",
+__all__ = ["parse", "load", "check", "train", "assert_gradient",
+           "Program", "Derivation", "Gradients", "Compiled", "CheckResult", "ValueAndGrad", "TrainResult",
            "EinmlpError", "ParseError", "IndexNotationError", "ShapeError", "UnknownNameError", "NumericError",
            "EinmlpWarning",
            "__version__"]
