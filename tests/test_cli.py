@@ -142,7 +142,9 @@ def test_check_passes_with_exit_code_0():
     """(A check that fails exits 1: test_check_fails_with_exit_1_on_a_non_finite_gradient. A tolerance
     below what finite differences resolve no longer fails a right gradient: that noise is estimated.)"""
     ok = run("check", ARTICLE, "--wrt", "W1", *SHAPES, "--tolerance", "1e-30")
-    assert ok.returncode == 0 and "ok: max relative error" in ok.stdout
+    assert ok.returncode == 0 and "ok: max relative error" in ok.stdout and "noise floor" in ok.stdout
+    raw = float(ok.stdout.split("max relative error ")[1].split(",")[0])
+    assert 0 < raw < 1e-6  # the raw error is shown, not the 0 left after the noise floor
 
 
 def test_shapes_prints_the_dimension_algebra():
