@@ -178,15 +178,11 @@ class Program:
         return Compiled(self.model, plan, f"forward_{of}", functions)
 
     @guarded
-    def shapes(self, **input_shapes) -> str:
-        """The dimension algebra of each statement for the given input shapes."""
+    def shapes(self, **input_shapes) -> shape_stage.ShapeTable:
+        """The dimension algebra of each statement for the given input shapes (a str; a table in notebooks)."""
         shapes = shape_stage.bind(self.model, {k: tuple(v) for k, v in input_shapes.items()})
-        lines = []
-        for checked in self.checked.statements:
-            st = checked.statement
-            algebra = shape_stage.algebra(st.expr, shapes)
-            lines.append(f"{st.source}\n    {algebra} = {shape_stage.dims(shapes[st.name])}")
-        return "\n".join(lines)
+        return shape_stage.ShapeTable([(c.statement.source, shape_stage.algebra(c.statement.expr, shapes),
+                                        shape_stage.dims(shapes[c.statement.name])) for c in self.checked.statements])
 
     def _repr_latex_(self) -> str:
         from .latex import program_latex
@@ -334,7 +330,9 @@ class Derivation:
         return derivation_latex(self, whole=document)
 
     def _repr_latex_(self) -> str:
-        return r"\begin{align*}" + self.latex() + r"\end{align*}"
+        """The steps for a notebook: one $$ aligned block in what MathJax 3 understands."""
+        from .latex import notebook_latex
+        return notebook_latex(self.steps)
 
     def axes(self) -> dict:
         """Free index -> (tensor, axis) giving its length: `of`'s axes first, then each `wrt`'s."""
@@ -433,6 +431,13 @@ class Gradients:
     @property
     def index_form(self) -> dict[str, str]:
         return {w: d.index_form for w, d in self.derivations.items()}
+
+    def _repr_latex_(self) -> str:
+        from .latex import gradients_latex
+        return gradients_latex(list(self.derivations.values()))
+
+    def __repr__(self) -> str:
+        return f"<Gradients d{self.of}/d({', '.join(self.wrt)})>"
 
     @property
     def matrix_form(self) -> dict[str, str]:

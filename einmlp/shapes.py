@@ -119,3 +119,27 @@ def algebra(expr: Expr, shapes: dict) -> str:
     if isinstance(expr.left, BinOp) and expr.left.op in "+-":
         left = f"({left})"
     return left + right if left.endswith("]") and right.startswith("[") else f"{left} {right}"
+
+
+class ShapeTable(str):
+    """The dimension algebra per statement: text (one statement, then its algebra, per pair of lines).
+
+    A str, so it prints and compares as before; a notebook shows it as a table.
+    """
+
+    rows: tuple[tuple[str, str, str], ...]  # (statement, algebra, resulting shape)
+
+    def __new__(cls, rows):
+        table = super().__new__(cls, "\n".join(f"{src}\n    {alg} = {out}" for src, alg, out in rows))
+        table.rows = tuple(rows)
+        return table
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+        head = "<tr><th>statement</th><th>dimensions</th><th>shape</th></tr>"
+        body = "".join(f"<tr><td><code>{escape(s)}</code></td><td><code>{escape(a)}</code></td>"
+                       f"<td><code>{escape(o)}</code></td></tr>" for s, a, o in self.rows)
+        return f"<table>{head}{body}</table>"
