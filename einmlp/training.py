@@ -239,8 +239,8 @@ def train(program, arrays: dict, wrt, lr: float = 0.01, steps: int = 100, of: st
     if diverged or not math.isfinite(final):
         diverged = True
         warnings.warn(f"training diverged after {len(losses)} steps: the loss or a gradient is not finite; "
-                      "try a smaller lr", EinmlpWarning, stacklevel=2)
+                      "try a smaller lr", EinmlpWarning, stacklevel=3)
     elif final > losses[0]:
         warnings.warn(f"the loss went up, from {losses[0]:.6g} to {final:.6g}: try a smaller lr",
-                      EinmlpWarning, stacklevel=2)
+                      EinmlpWarning, stacklevel=3)
     return TrainResult(current, np.array(losses), final, of, wrt, method, float(lr), diverged)
