@@ -181,8 +181,12 @@ class Program:
     def shapes(self, **input_shapes) -> shape_stage.ShapeTable:
         """The dimension algebra of each statement for the given input shapes (a str; a table in notebooks)."""
         shapes = shape_stage.bind(self.model, {k: tuple(v) for k, v in input_shapes.items()})
-        return shape_stage.ShapeTable([(c.statement.source, shape_stage.algebra(c.statement.expr, shapes),
-                                        shape_stage.dims(shapes[c.statement.name])) for c in self.checked.statements])
+        rows = []
+        for checked in self.checked.statements:
+            st = checked.statement
+            algebra = shape_stage.algebra(st.expr, shapes)
+            rows.append((st.source, [f"{algebra} = {shape_stage.dims(shapes[st.name])}"]))
+        return shape_stage.ShapeTable(rows)
 
     def _repr_latex_(self) -> str:
         from .latex import program_latex

@@ -122,16 +122,17 @@ def algebra(expr: Expr, shapes: dict) -> str:
 
 
 class ShapeTable(str):
-    """The dimension algebra per statement: text (one statement, then its algebra, per pair of lines).
+    """The dimension algebra per statement: each statement, then its details indented below it.
 
-    A str, so it prints and compares as before; a notebook shows it as a table.
+    A str, so it prints and compares as text; a notebook shows it as a table.
     """
 
-    rows: tuple[tuple[str, str, str], ...]  # (statement, algebra, resulting shape)
+    rows: tuple[tuple[str, tuple[str, ...]], ...]  # (statement, its detail lines: algebra = shape, ...)
 
     def __new__(cls, rows):
-        table = super().__new__(cls, "\n".join(f"{src}\n    {alg} = {out}" for src, alg, out in rows))
-        table.rows = tuple(rows)
+        rows = tuple((statement, tuple(details)) for statement, details in rows)
+        table = super().__new__(cls, "\n".join("\n    ".join((statement, *details)) for statement, details in rows))
+        table.rows = rows
         return table
 
     def __repr__(self) -> str:
@@ -139,7 +140,7 @@ class ShapeTable(str):
 
     def _repr_html_(self) -> str:
         from html import escape
-        head = "<tr><th>statement</th><th>dimensions</th><th>shape</th></tr>"
-        body = "".join(f"<tr><td><code>{escape(s)}</code></td><td><code>{escape(a)}</code></td>"
-                       f"<td><code>{escape(o)}</code></td></tr>" for s, a, o in self.rows)
-        return f"<table>{head}{body}</table>"
+        body = "".join(f"<tr><td><code>{escape(statement)}</code></td><td>"
+                       + "<br>".join(f"<code>{escape(d)}</code>" for d in details) + "</td></tr>"
+                       for statement, details in self.rows)
+        return f"<table><tr><th>statement</th><th>dimensions</th></tr>{body}</table>"

@@ -102,7 +102,8 @@ def test_shapes_print_as_text_and_show_as_a_table():
     assert isinstance(table, str) and "\n    [10 x 3][3 x 4] = [10 x 4]" in table
     assert repr(table) == str(table)  # no quotes and no literal \n
     html = table._repr_html_()
-    assert html.count("<tr>") == 4 and "<code>[10 x 3][3 x 4]</code>" in html
+    assert html.count("<tr>") == 4 and "<code>[10 x 3][3 x 4] = [10 x 4]</code>" in html
+    assert "<code>A[i,k]    = X[i,j] W1[j,k]</code>" in html
 
 
 def test_check_and_train_results_show_as_tables():
