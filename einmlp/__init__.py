@@ -7,10 +7,13 @@ from .api import Compiled, Derivation, Gradients, Program, load, parse
 from .check import CheckResult, check
 from .errors import (EinmlpError, EinmlpWarning, IndexNotationError, NumericError, ParseError, ShapeError,
                      UnknownNameError)
+from .testing import assert_gradient
+from .training import TrainResult, ValueAndGrad, train
 
 __version__ = "0.1.0"
 
-__all__ = ["parse", "load", "check", "Program", "Derivation", "Gradients", "Compiled", "CheckResult",
+__all__ = ["parse", "load", "check", "train", "assert_gradient",
+           "Program", "Derivation", "Gradients", "Compiled", "CheckResult", "ValueAndGrad", "TrainResult",
            "EinmlpError", "ParseError", "IndexNotationError", "ShapeError", "UnknownNameError", "NumericError",
            "EinmlpWarning",
            "__version__"]

@@ -164,6 +164,11 @@ class Program:
             return Gradients(self, of, tuple(wrt))
         return Derivation(self, of, wrt)
 
+    def value_and_grad(self, wrt, of: str | None = None):
+        """The value of `of` and its gradients, compiled together: `.compile()(**arrays) -> (value, {name: grad})`."""
+        from .training import ValueAndGrad
+        return ValueAndGrad(self, self._of(of), (wrt,) if isinstance(wrt, str) else tuple(wrt))
+
     def hessian(self, wrt: str, of: str | None = None) -> "Derivation":
         """d^2 of / d wrt^2, shaped `wrt.shape + wrt.shape` for a scalar `of`."""
         return Derivation(self, self._of(of), wrt, base=self.grad(wrt, of))
@@ -206,23 +211,22 @@ class Program:
         return {n: rng.standard_normal(shapes.get(n, ())) for n in self.inputs}
 
     @guarded
-    def shapes(self, **input_shapes) -> str:
-        """The dimension algebra of each statement for the given input shapes (default: the declared ones).
-
-        A statement written in matrix notation also shows its own algebra, as seed 000 writes it.
-        """
+    def shapes(self, **input_shapes) -> shape_stage.ShapeTable:
+        """The dimension algebra of each statement for the given input shapes (default: the declared
+        ones); a str, and a table in notebooks. A statement in matrix notation also shows its own
+        algebra, as seed 000 writes it, and how einmlp read it."""
         given = {**self.declared_shapes, **{k: tuple(v) for k, v in input_shapes.items()}}
         shapes = shape_stage.bind(self.model, given)
-        lines = []
+        rows = []
         for checked in self.checked.statements:
             st = checked.statement
-            lines.append(st.source)
-            lines += [f"    {step}" for step in st.algebra]
+            details = list(st.algebra)
             if statement_text(st) != st.source:
-                lines.append(f"    read as {statement_text(st)}")
+                details.append(f"read as {statement_text(st)}")
             algebra = shape_stage.algebra(st.expr, shapes)
-            lines.append(f"    {algebra} = {shape_stage.dims(shapes[st.name])}")
-        return "\n".join(lines)
+            details.append(f"{algebra} = {shape_stage.dims(shapes[st.name])}")
+            rows.append((st.source, details))
+        return shape_stage.ShapeTable(rows)
 
     def _repr_latex_(self) -> str:
         from .latex import program_latex
@@ -370,7 +374,9 @@ class Derivation:
         return derivation_latex(self, whole=document)
 
     def _repr_latex_(self) -> str:
-        return r"\begin{align*}" + self.latex() + r"\end{align*}"
+        """The steps for a notebook: one $$ aligned block in what MathJax 3 understands."""
+        from .latex import notebook_latex
+        return notebook_latex(self.steps)
 
     def axes(self) -> dict:
         """Free index -> (tensor, axis) giving its length: `of`'s axes first, then each `wrt`'s."""
@@ -469,6 +475,13 @@ class Gradients:
     @property
     def index_form(self) -> dict[str, str]:
         return {w: d.index_form for w, d in self.derivations.items()}
+
+    def _repr_latex_(self) -> str:
+        from .latex import gradients_latex
+        return gradients_latex(list(self.derivations.values()))
+
+    def __repr__(self) -> str:
+        return f"<Gradients d{self.of}/d({', '.join(self.wrt)})>"
 
     @property
     def matrix_form(self) -> dict[str, str]:

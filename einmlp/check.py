@@ -15,22 +15,41 @@ from .errors import EinmlpError, ShapeError
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    max_rel_error: float  # worst |numeric - derived| / scale over everything compared
+    max_rel_error: float  # worst error beyond the noise floor, relative to the derivative's size: the verdict's
     ok: bool              # max_rel_error <= tolerance
     tolerance: float
     compared: int         # entries or directions compared
     mode: str             # "entrywise" or "directions"
+    raw_error: float = 0.0    # worst |numeric - derived| relative to the derivative's size, before any allowance
+    noise_floor: float = 0.0  # the rounding finite differences carry at this step, on the same scale
 
     def __bool__(self) -> bool:
         return self.ok
+
+    @property
+    def _what(self) -> str:
+        return f"{self.compared} {'entries' if self.mode == 'entrywise' else 'random directions'}"
 
     def __str__(self) -> str:
         if self.max_rel_error != self.max_rel_error:  # nan
             return ("FAILED: the derivative or the function is not finite (nan or inf) at these arrays, "
                     "so nothing can be compared")
         verdict = "ok" if self.ok else "FAILED"
-        return (f"{verdict}: max relative error {self.max_rel_error:.3g} over {self.compared} "
-                f"{'entries' if self.mode == 'entrywise' else 'random directions'} (tolerance {self.tolerance:g})")
+        if self.max_rel_error == 0:
+            beyond = f"within the finite-difference noise floor {self.noise_floor:.2g}"
+        else:
+            beyond = f"{self.max_rel_error:.3g} beyond the finite-difference noise floor {self.noise_floor:.2g}"
+        return (f"{verdict}: max relative error {self.raw_error:.3g}, {beyond} "
+                f"(tolerance {self.tolerance:g} beyond it; {self._what})")
+
+    def _repr_html_(self) -> str:
+        verdict = "ok" if self.ok else "<b style='color:#b00'>FAILED</b>"
+        rows = [("verdict", verdict), ("max relative error", f"{self.raw_error:.3g}"),
+                ("noise floor of finite differences", f"{self.noise_floor:.3g}"),
+                ("error beyond the floor", f"{self.max_rel_error:.3g}"), ("tolerance", f"{self.tolerance:g}"),
+                ("compared", self._what)]
+        return "<table>" + "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>"
+                                   for k, v in rows) + "</table>"
 
 
 def _differences(function, arrays: dict, wrt: str, probes: list, h: float) -> tuple[np.ndarray, float]:
@@ -44,10 +63,10 @@ def _differences(function, arrays: dict, wrt: str, probes: list, h: float) -> tu
     return np.array(numeric), noise
 
 
-def _relative_excess(numeric: np.ndarray, exact: np.ndarray, noise: float) -> float:
-    """The worst difference beyond the rounding noise, relative to the derivative's size."""
+def _relative(numeric: np.ndarray, exact: np.ndarray, noise: float) -> tuple[float, float]:
+    """The worst difference and the rounding noise, both relative to the derivative's size."""
     scale = max(float(np.max(np.abs(numeric), initial=0)), float(np.max(np.abs(exact), initial=0)), 1e-300)
-    return max(float(np.max(np.abs(numeric - exact), initial=0)) - noise, 0.0) / scale
+    return float(np.max(np.abs(numeric - exact), initial=0)) / scale, noise / scale
 
 
 def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int = 6,
@@ -70,7 +89,7 @@ def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int 
             raise EinmlpError(f"check needs an array for {wrt}")
     function = derivation.differentiated(functions=functions)
     derived = derivation.compile(functions=functions)(**arrays)
-    worst, compared, mode = 0.0, 0, "entrywise"
+    worst, worst_raw, worst_floor, compared, mode = 0.0, 0.0, 0.0, 0, "entrywise"
     rng = np.random.default_rng(seed)
     for wrt in wrts:
         grad = derived[wrt] if isinstance(derived, dict) else derived
@@ -84,11 +103,13 @@ def check(derivation, arrays: dict, *, tolerance: float = 1e-6, directions: int 
         numeric, noise = _differences(function, arrays, wrt, probes, h)
         exact = np.array([np.tensordot(grad, v, axes=v.ndim) if v.ndim else grad * v for v in probes])
         if not (np.all(np.isfinite(numeric)) and np.all(np.isfinite(exact))):
-            return CheckResult(float("nan"), False, tolerance, compared + len(probes), mode)
-        error = _relative_excess(numeric, exact, noise)
-        if error > tolerance:  # rounding inside f (a sum that cancels) shows as differences that grow as h shrinks
+            return CheckResult(float("nan"), False, tolerance, compared + len(probes), mode, float("nan"),
+                               float("nan"))
+        raw, floor = _relative(numeric, exact, noise)
+        if raw - floor > tolerance:  # rounding inside f (a sum that cancels): differences that grow as h shrinks
             wider, _ = _differences(function, arrays, wrt, probes, 4 * h)
-            error = _relative_excess(numeric, exact, max(noise, 2 * float(np.max(np.abs(numeric - wider)))))
-        worst = max(worst, error)
+            raw, floor = _relative(numeric, exact, max(noise, 2 * float(np.max(np.abs(numeric - wider)))))
+        worst, worst_raw = max(worst, max(raw - floor, 0.0)), max(worst_raw, raw)
+        worst_floor = max(worst_floor, floor)
         compared += len(probes)
-    return CheckResult(worst, bool(worst <= tolerance), tolerance, compared, mode)
+    return CheckResult(worst, bool(worst <= tolerance), tolerance, compared, mode, worst_raw, worst_floor)

@@ -52,6 +52,10 @@ class Step:
     def __str__(self) -> str:
         return self.text
 
+    def _repr_latex_(self) -> str:
+        from .latex import notebook_latex
+        return notebook_latex([self])
+
 
 class Names:
     """Hands out index names not used yet; remembers the order, so younger names go first."""

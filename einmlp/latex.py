@@ -180,3 +180,63 @@ def program_latex(program) -> str:
     for d in program.model.definitions.values():
         rows.append(f"{to_latex(d.lhs)} &= {to_latex(d.expr)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def derivations_latex(derivations) -> str:
+    """A whole document with the steps of several derivatives of one program, one after another."""
+    from pathlib import Path
+    first = derivations[0]
+    parts = [rf"\intertext{{\large\textbf{{Gradient ${to_latex(d.lhs)}$}}}}" + "\n" + steps_latex(d.steps)
+             for d in derivations]
+    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
+             + r"\[" + program_latex(first.program) + r"\]")
+    title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
+    return document(title, " \\\\\n".join(parts), intro)
+
+
+# -- notebooks: MathJax 3 knows amsmath's environments but not \intertext, and reads no macros
+# inside \text{} or \texttt{} (only \$ \{ \} \\ and $...$), so titles and code are written for it.
+def mathjax_text(text: str) -> str:
+    r"""Plain text made safe inside MathJax's \text{} or \texttt{}."""
+    return "".join("\\" + c if c in "\\${}" else c for c in text)
+
+
+_TEXTTT = re.compile(r"\\texttt\{((?:[^{}]|\{\})*)\}")
+_UNESCAPE = {v: k for k, v in {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                                "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}"}.items()}
+
+
+def _mathjax_code(latex: str) -> str:
+    r"""\texttt{...} escaped for pdflatex (see `escape`) re-escaped for MathJax."""
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(_UNESCAPE, key=len, reverse=True)))
+
+    def recode(match):
+        return r"\texttt{" + mathjax_text(pattern.sub(lambda m: _UNESCAPE[m.group()], match.group(1))) + "}"
+    return _TEXTTT.sub(recode, latex)
+
+
+def _notebook_title(step) -> str:
+    title = r"\textbf{" + mathjax_text(step.title) + "}"
+    if step.subject:
+        title += r"\ " + display(step.subject)
+    if step.renames:
+        title += r"\quad " + ",\\ ".join(f"{display_index(a)} \\to {display_index(b)}" for a, b in step.renames)
+    return "&" + title
+
+
+def notebook_latex(steps) -> str:
+    r"""The steps as one `$$\begin{aligned}...$$` block: each title above its equation, = aligned."""
+    rows = []
+    for step in steps:
+        rows += [_notebook_title(step), _mathjax_code(equation_latex(step))]
+    return "$$\\begin{aligned}" + " \\\\\n".join(rows) + "\\end{aligned}$$"
+
+
+def gradients_latex(derivations) -> str:
+    """Several gradients for a notebook: each in index form and in matrix form."""
+    rows = []
+    for d in derivations:
+        rows.append(f"{to_latex(d.lhs)} &= {to_latex(d.form.expr())}")
+        rows.append("&= " + _mathjax_code(d.matrix.latex()))
+    return "$$\\begin{aligned}" + " \\\\\n".join(rows) + "\\end{aligned}$$"

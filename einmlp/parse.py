@@ -44,6 +44,7 @@ class _Tokens:
 
     def __init__(self, text: str):
         self.text, self.items, self.depth, self.line, self.line_start = text, [], 0, 1, 0
+        self.end = Span(1, 1)  # just after the last token: where the input ends, for messages
 
     def span(self, offset: int) -> Span:
         return Span(self.line, offset - self.line_start + 1)
@@ -52,6 +53,8 @@ class _Tokens:
         if kind == "op":
             self.depth += 1 if value in "([" else (-1 if value in ")]" else 0)
         self.items.append(Token(kind, value, self.span(offset)))
+        if kind != "newline":
+            self.end = self.span(offset + len(value))
 
     def name(self, pos: int) -> int:
         """A name with its spelling read (`Ŷ_i0` is Yhat[i,0]); returns where it ends."""
@@ -111,8 +114,9 @@ def tokenize(text: str) -> list[Token]:
         elif kind not in ("space", "comment"):
             tokens.add(kind, value, pos)
         pos = match.end()
-    tokens.add("newline", "", pos)
-    tokens.add("end", "", pos)
+    # the end of input sits just after the last token: an unclosed bracket is reported on its
+    # own line, not past the file's final line break
+    tokens.items += [Token("newline", "", tokens.end), Token("end", "", tokens.end)]
     return tokens.items
 
 

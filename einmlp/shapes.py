@@ -139,3 +139,28 @@ def reuse_hint(model: Model) -> str:
                     return (f"{name} is used as {first} and {second}: if these are two layers, give them two "
                             f"names, {name}¹ and {name}² (or {name}1, {name}2)")
     return ""
+
+
+class ShapeTable(str):
+    """The dimension algebra per statement: each statement, then its details indented below it.
+
+    A str, so it prints and compares as text; a notebook shows it as a table.
+    """
+
+    rows: tuple[tuple[str, tuple[str, ...]], ...]  # (statement, its detail lines: algebra = shape, ...)
+
+    def __new__(cls, rows):
+        rows = tuple((statement, tuple(details)) for statement, details in rows)
+        table = super().__new__(cls, "\n".join("\n    ".join((statement, *details)) for statement, details in rows))
+        table.rows = rows
+        return table
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+        body = "".join(f"<tr><td><code>{escape(statement)}</code></td><td>"
+                       + "<br>".join(f"<code>{escape(d)}</code>" for d in details) + "</td></tr>"
+                       for statement, details in self.rows)
+        return f"<table><tr><th>statement</th><th>dimensions</th></tr>{body}</table>"

@@ -29,7 +29,7 @@ def test_readme_starts_with_the_two_commands():
     assert blocks[1].strip() in (ROOT / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("name", ["einmlp.api", "einmlp.check"])
+@pytest.mark.parametrize("name", ["einmlp.api", "einmlp.check", "einmlp.training", "einmlp.testing"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), extraglobs={"einmlp": einmlp}, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
