@@ -41,6 +41,7 @@ class Backprop:
     adjoints: dict[str, Adjoint]   # tensor -> adjoint: statements, then the inputs asked for
     names: Names
     lowering: dict[str, IndexForm]  # tensor -> the form that runs (single-use products written out)
+    derived: Model                  # the program's model plus each adjoint as derived: what a Hessian differentiates
 
     def steps(self, wrt: str | None = None) -> list[Step]:
         """The adjoint of each statement (on the way to `wrt`), in index and matrix form, in computing order."""
@@ -289,11 +290,14 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
         form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
         adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))
     computed = {name: _contracted(expr, names) for name, expr in _inlined(walk.definitions, adjoints).items()}
-    runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
-    definitions = {**model.definitions, **runs}
-    refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}
-    augmented = Model(definitions, model.inputs, model.targets, model.functions,
-                      transitive_uses(refs, definitions), refs)
+    augmented = _augment(model, {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()})
     lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
                 for a in adjoints.values()}
-    return Backprop(augmented, of, adjoints, names, lowering)
+    return Backprop(augmented, of, adjoints, names, lowering, _augment(model, walk.definitions))
+
+
+def _augment(model: Model, extra: dict[str, Definition]) -> Model:
+    """`model` with more definitions after its own."""
+    refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in extra.items()}}
+    definitions = {**model.definitions, **extra}
+    return Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs, definitions), refs)
