@@ -16,6 +16,7 @@ one once, and every gradient reads from them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -41,6 +42,7 @@ class Backprop:
     adjoints: dict[str, Adjoint]   # tensor -> adjoint: statements, then the inputs asked for
     names: Names
     lowering: dict[str, IndexForm]  # tensor -> the form that runs (single-use products written out)
+    derived: Model                  # the program's model plus each adjoint as derived: what a Hessian differentiates
 
     def steps(self, wrt: str | None = None) -> list[Step]:
         """The adjoint of each statement (on the way to `wrt`), in index and matrix form, in computing order."""
@@ -110,7 +112,29 @@ def _delta(i: sp.Expr, t: sp.Expr) -> sp.Expr:
 
 
 def _mentions(e: sp.Expr, name: str) -> bool:
-    return any(x.base.label.name == name for x in e.atoms(sp.Indexed)) or sp.Symbol(name, real=True) in e.free_symbols
+    return name in _tensors(e)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tensors(e: sp.Basic) -> frozenset[str]:
+    """The tensors `e` names, remembered per node: the derivative asks again at every level below."""
+    if isinstance(e, sp.Indexed):
+        return frozenset((e.base.label.name,))
+    if isinstance(e, sp.Symbol):
+        return frozenset((e.name,)) if e == sp.Symbol(e.name, real=True) else frozenset()
+    if isinstance(e, Extent) or not e.args:
+        return frozenset()
+    return frozenset().union(*(_tensors(a) for a in e.args))
+
+
+def _terms_naming(d: Definition, name: str) -> Definition:
+    """`d` with only the terms of its right-hand side that name `name`: the others differentiate to 0.
+
+    A gradient read as one statement sums a term per layer; each layer's adjoint needs one of them.
+    """
+    if not isinstance(d.expr, sp.Add):
+        return d
+    return replace(d, expr=sp.Add(*[a for a in d.expr.args if _mentions(a, name)]))
 
 
 def _direct(model: Model) -> dict[str, list[str]]:
@@ -165,8 +189,8 @@ class _Walk:
 
     def contribution(self, user: str, target: sp.Expr) -> sp.Expr:
         """sum[u]( Ubar[p.., u..] dU[u..]/dT[t..] ) for one statement U that uses T."""
-        d = self.model.definitions[user]
         name = target.base.label.name if isinstance(target, sp.Indexed) else target.name
+        d = _terms_naming(self.model.definitions[user], name)
         if user == self.of:  # the seed: d of[p] / d of[p'] is a delta, so read of at p directly
             return local_derivative(self.at(d, self.pattern), target, name)
         links = tuple(self.names.link() if i.is_Symbol else i for i in d.indices)
@@ -178,8 +202,9 @@ class _Walk:
     def adjoint(self, tensor: str, users: list[str], own: tuple) -> IndexForm:
         target = entry(tensor, own)
         expr = sp.Add(*[self.contribution(u, target) for u in users])
+        near = set(users) | {tensor}
         local = {n: d for n, d in self.model.definitions.items()
-                 if n in set(users) | {tensor} and d.indices and not d.expr.has(ESum)}
+                 if n in near and d.indices and not d.expr.has(ESum)}
         form, _, _ = contract_all(expr, tuple(self.pattern) + own, self.names, local)
         return IndexForm(tuple(self.readable(t, form.free) for t in form.terms), form.free)
 
@@ -289,11 +314,14 @@ def backprop(model: Model, of: str, wrts: tuple[str, ...]) -> Backprop:
         form = walk.adjoint(wrt, readers, own) if readers else IndexForm((), tuple(walk.pattern) + own)
         adjoints[wrt] = Adjoint(wrt, "d" + of + "/d" + wrt, form, tuple(readers))
     computed = {name: _contracted(expr, names) for name, expr in _inlined(walk.definitions, adjoints).items()}
-    runs = {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()}
-    definitions = {**model.definitions, **runs}
-    refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in runs.items()}}
-    augmented = Model(definitions, model.inputs, model.targets, model.functions,
-                      transitive_uses(refs, definitions), refs)
+    augmented = _augment(model, {n: replace(d, expr=computed[n]) for n, d in walk.definitions.items()})
     lowering = {a.tensor: IndexForm(tuple(normalize(computed[a.name], names)), a.form.free)
                 for a in adjoints.values()}
-    return Backprop(augmented, of, adjoints, names, lowering)
+    return Backprop(augmented, of, adjoints, names, lowering, _augment(model, walk.definitions))
+
+
+def _augment(model: Model, extra: dict[str, Definition]) -> Model:
+    """`model` with more definitions after its own."""
+    refs = {**model.refs, **{name: tuple(tensor_names(d.expr)) for name, d in extra.items()}}
+    definitions = {**model.definitions, **extra}
+    return Model(definitions, model.inputs, model.targets, model.functions, transitive_uses(refs, definitions), refs)

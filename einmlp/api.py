@@ -284,7 +284,9 @@ class Derivation:
             return self._backprop
         if self.base is None:
             return self.program.backprop(self.of)
-        model, name = with_statement(self.base.model, "d" + self.base.of + "_d" + self.base.wrt, self.base.form,
+        # the adjoints as derived, not as inlined for running: a chain's inlined adjoints grow with its depth
+        base_model = self.base.backprop.derived if self.base.mode == "adjoint" else self.base.model
+        model, name = with_statement(base_model, "d" + self.base.of + "_d" + self.base.wrt, self.base.form,
                                      self.base.of, self.base.wrt)
         return backprop(model, name, (self.wrt,))
 

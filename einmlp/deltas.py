@@ -60,10 +60,12 @@ class _Normalizer:
 
     def merge(self, a: Term, b: Term) -> Term:
         """The product of two terms, renaming summed indices that would capture each other."""
-        clash_b = set(b.summed) & a.indices()
-        b = _rename(b, {s: self.names.fresh(s.name) for s in clash_b})
-        clash_a = set(a.summed) & b.indices()
-        a = _rename(a, {s: self.names.fresh(s.name) for s in clash_a})
+        if b.summed:  # (an elementwise product has nothing to rename: skip the walk)
+            clash_b = set(b.summed) & a.indices()
+            b = _rename(b, {s: self.names.fresh(s.name) for s in clash_b})
+        if a.summed:
+            clash_a = set(a.summed) & b.indices()
+            a = _rename(a, {s: self.names.fresh(s.name) for s in clash_a})
         return Term(a.coeff * b.coeff, a.summed + b.summed, a.factors + b.factors, a.extents + b.extents)
 
     def terms(self, e: sp.Expr) -> list[Term]:

@@ -9,6 +9,7 @@ of products of elementwise factors, which both the chain rule and einsum underst
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from string import ascii_uppercase
@@ -110,24 +111,22 @@ class Partial(sp.Expr):
 
 def free_indices(expr: sp.Basic, bound: frozenset = frozenset()) -> tuple[sp.Symbol, ...]:
     """Index symbols of `expr` not bound by an inner ESum, in order of first occurrence."""
-    found: dict[sp.Symbol, None] = {}
+    return tuple(i for i in _free(expr) if i not in bound)
 
-    def walk(e, bound):
-        if isinstance(e, sp.Indexed):
-            found.update((i, None) for i in e.indices if i.is_Symbol and i not in bound)
-        elif isinstance(e, sp.KroneckerDelta):
-            found.update((i, None) for i in e.args if i.is_Symbol and i not in bound)
-        elif isinstance(e, ESum):
-            walk(e.body, bound | frozenset(e.indices))
-        elif isinstance(e, Partial):
-            walk(e.args[0], bound)
-            walk(e.args[1], bound)
-        elif not isinstance(e, Extent):
-            for arg in e.args:
-                walk(arg, bound)
 
-    walk(expr, bound)
-    return tuple(found)
+@functools.lru_cache(maxsize=1 << 16)
+def _free(e: sp.Basic) -> tuple[sp.Symbol, ...]:
+    """free_indices of one node, remembered: products are asked again each time they grow by a factor."""
+    if isinstance(e, sp.Indexed):
+        return tuple(dict.fromkeys(i for i in e.indices if i.is_Symbol))
+    if isinstance(e, sp.KroneckerDelta):
+        return tuple(dict.fromkeys(i for i in e.args if i.is_Symbol))
+    if isinstance(e, ESum):
+        return tuple(i for i in _free(e.body) if i not in e.indices)
+    if isinstance(e, Extent):
+        return ()
+    parts = e.args[:2] if isinstance(e, Partial) else e.args
+    return tuple(dict.fromkeys(i for a in parts for i in _free(a)))
 
 
 def index_names(expr: sp.Basic) -> set[str]:

@@ -985,8 +985,10 @@ class Runner:
         self.jobs_on_worker = 0
 
     def start(self):
+        # the worker runs in the marker folder: put this checkout first, not whichever einmlp is installed
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   PYTHONHASHSEED="0")
+                   PYTHONHASHSEED="0", PYTHONPATH=path)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker",
                                       "--time-limit", str(self.time_limit), "--memory-gb", str(self.memory_gb)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
