@@ -248,7 +248,7 @@ class _Parser:
         raise self.error("expected a dimension: a name (B, D) or a positive integer", token.span)
 
     def dimension_number(self, token: Token) -> int:
-        if not token.text.isdigit() or not 0 < int(token.text) <= 10 ** 9:
+        if not token.text.isdigit() or len(token.text) > 10 or not 0 < int(token.text) <= 10 ** 9:
             raise self.error(f"a dimension is a positive integer up to 10^9, not {token.text[:20]}", token.span)
         return int(token.text)
 

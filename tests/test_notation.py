@@ -51,6 +51,7 @@ NEAR_MISSES = [
     ("X is B x D\nX is B x D", einmlp.ParseError, "declared twice"),
     ("X is B x\n", einmlp.ParseError, "expected a dimension"),
     ("X is 0 x 3", einmlp.ParseError, "positive integer"),
+    ("X is 3 x 1" + "0" * 5000, einmlp.ParseError, "positive integer"),  # found by fuzzing
     ("L = 'ij'", einmlp.ParseError, "only an einsum spec"),
     ("L = a @ b", einmlp.IndexNotationError, "'@' multiplies vectors and matrices"),
     # read, not refused: lowercase bare names are scalars, declared capitals too
