@@ -200,7 +200,9 @@ def expand(e: sp.Expr) -> sp.Expr:
     return sp.expand(e) if _expansion_size(e) <= MAX_EXPANDED_TERMS else e
 
 
+@functools.lru_cache(maxsize=1 << 14)  # the same factor (1 - tanh(A)^2) recurs in many terms
 def _simplest(f: sp.Expr) -> sp.Expr:
+    """f, expanded or with common factors pulled out, whichever has the fewest operations."""
     if not isinstance(f, sp.Add):
         return f
     return min([f, expand(f), sp.factor_terms(f)], key=sp.count_ops)
