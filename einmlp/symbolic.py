@@ -25,6 +25,7 @@ from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
 
 MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
 MAX_EXPONENT = 1000  # |p| of a constant exponent: sympy writes (3 y)^p as 3^p y^p, computing 3^p exactly
+MAX_NESTING = 8     # a statement whose functions and powers nest deeper is named one level at a time
 
 
 def index(name: str) -> sp.Symbol:
@@ -204,6 +205,7 @@ class _Builder:
         self.definitions: dict[str, Definition] = {}
         self.lifted: dict[sp.Expr, str] = {}
         self.param: str | None = None  # while building a function definition's body
+        self.deep = False  # the statement nests functions beyond MAX_NESTING: name every level
 
     def build(self, expr: Expr) -> sp.Expr:
         if isinstance(expr, Group):
@@ -230,7 +232,13 @@ class _Builder:
 
     # -- lifting ---------------------------------------------------------------------------
     def lift_all(self, expr: sp.Expr, lhs: tuple) -> sp.Expr:
+        """`expr` with contractions in nonlinear contexts named; a deep nest is named level by level.
+
+        Written out, a nest of depth n has a gradient of n factors and a Hessian of about n^2
+        terms; named level by level it is a chain of n statements, linear to backpropagate.
+        """
         self.lhs = lhs
+        self.deep = _nesting(expr) > MAX_NESTING
         return self.visit(expr)
 
     def visit(self, e: sp.Expr) -> sp.Expr:
@@ -248,7 +256,7 @@ class _Builder:
             return self.lift(e, name)
         args = [self.visit(a) for a in e.args]
         if isinstance(e, (sp.Function, sp.Pow)):
-            args = [self.lift(a) if a.has(ESum) else a for a in args]
+            args = [self.lift(a) if a.has(ESum) or (self.deep and _nesting(a)) else a for a in args]
         return e.func(*args)
 
     def _residual_name(self, e: sp.Add) -> str | None:
@@ -282,6 +290,15 @@ class _Builder:
             self.lifted[key] = name
             self.definitions[name] = Definition(name, pattern, e, "", True)
         return ref(self.lifted[key], [i.name if i.is_Symbol else int(i) for i in pattern])
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _nesting(e: sp.Expr) -> int:
+    """How deep functions and powers nest in `e`: each level is one more factor of the chain rule."""
+    if not e.args or isinstance(e, (sp.Indexed, Extent)):
+        return 0
+    inner = max(_nesting(a) for a in e.args)
+    return inner + 1 if isinstance(e, (sp.Function, sp.Pow)) else inner
 
 
 def _check_power(base: sp.Number, exponent: sp.Number) -> None:
