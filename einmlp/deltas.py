@@ -153,8 +153,9 @@ def _count_orphans(term: Term) -> Term:
                 tuple(term.extents[k] for k in keep))
 
 
+@functools.lru_cache(maxsize=65536)
 def _groups(term: Term) -> dict[frozenset, sp.Expr]:
-    """The term's factors multiplied together per set of indices they use."""
+    """The term's factors multiplied together per set of indices they use (shared: do not change it)."""
     groups: dict[frozenset, sp.Expr] = {}
     for f in term.factors:
         key = frozenset(free_indices(f))
@@ -227,13 +228,21 @@ def _bound_outside(term: Term, order: dict) -> bool:
     return all(s in order for s in term.summed)
 
 
+def _skips(term: Term) -> list[frozenset]:
+    """The index sets whose factors may differ between combined terms, in a fixed order, whatever the hash seed."""
+    return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
+
+
+def _keys(term: Term) -> set[tuple]:
+    """Every key `_combine` compares: two terms that share none never combine."""
+    return {_canonical(term, skip)[:3] for skip in _skips(term)}
+
+
 def _combine(a: Term, b: Term) -> Term | None:
     """A + b as one term when they differ only in the factors over one index set."""
-    def keys(term):  # in a fixed order, whatever the hash seed
-        return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
-    for skip in keys(a):
+    for skip in _skips(a):
         ka = _canonical(a, skip)
-        for skip_b in keys(b):
+        for skip_b in _skips(b):
             kb = _canonical(b, skip_b)
             if ka[:3] != kb[:3] or not (_bound_outside(a, ka[3]) and _bound_outside(b, kb[3])):
                 continue
@@ -249,15 +258,22 @@ def _combine(a: Term, b: Term) -> Term | None:
 def tidy(terms: list[Term]) -> list[Term]:
     """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
     out: list[Term] = []
+    where: dict[tuple, list[int]] = {}  # key -> the places in `out` whose term has (or had) it
+
+    def place(k: int) -> None:
+        for key in _keys(out[k]):
+            where.setdefault(key, []).append(k)
     for t in terms:
         t = _count_orphans(_split(t, t.coeff, sp.Mul(*t.factors)))  # a cancelled factor can orphan an index
-        for k, old in enumerate(out):
-            merged = _combine(old, t)
+        for k in sorted({k for key in _keys(t) for k in where.get(key, ())}):  # the first that combines, as before
+            merged = _combine(out[k], t)
             if merged is not None:
                 out[k] = _count_orphans(merged)
+                place(k)
                 break
         else:
             out.append(t)
+            place(len(out) - 1)
     return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
 
