@@ -16,7 +16,6 @@ one once, and every gradient reads from them.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -24,7 +23,8 @@ import sympy as sp
 from .deltas import IndexForm, Term, contract, contract_all, normalize
 from .grad import WRT_NAMES, Names, Step, entry
 from .render import index_str
-from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names, transitive_uses
+from .symbolic import (ESum, Definition, Extent, Model, index, index_names, tensor_names, tensor_set,
+                       transitive_uses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +112,7 @@ def _delta(i: sp.Expr, t: sp.Expr) -> sp.Expr:
 
 
 def _mentions(e: sp.Expr, name: str) -> bool:
-    return name in _tensors(e)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _tensors(e: sp.Basic) -> frozenset[str]:
-    """The tensors `e` names, remembered per node: the derivative asks again at every level below."""
-    if isinstance(e, sp.Indexed):
-        return frozenset((e.base.label.name,))
-    if isinstance(e, sp.Symbol):
-        return frozenset((e.name,)) if e == sp.Symbol(e.name, real=True) else frozenset()
-    if isinstance(e, Extent) or not e.args:
-        return frozenset()
-    return frozenset().union(*(_tensors(a) for a in e.args))
+    return name in tensor_set(e)
 
 
 def _terms_naming(d: Definition, name: str) -> Definition:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from .grad import Names, Step
-from .symbolic import ESum, Extent, free_indices
+from .symbolic import ESum, Extent, free_indices, tensor_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +156,10 @@ def _count_orphans(term: Term) -> Term:
 @functools.lru_cache(maxsize=65536)
 def _groups(term: Term) -> dict[frozenset, sp.Expr]:
     """The term's factors multiplied together per set of indices they use (shared: do not change it)."""
-    groups: dict[frozenset, sp.Expr] = {}
+    groups: dict[frozenset, list] = {}
     for f in term.factors:
-        key = frozenset(free_indices(f))
-        groups[key] = groups.get(key, sp.S.One) * f
-    return groups
+        groups.setdefault(frozenset(free_indices(f)), []).append(f)
+    return {key: sp.Mul(*factors) for key, factors in groups.items()}  # one Mul each: sympy sorts its factors once
 
 
 @functools.lru_cache(maxsize=65536)  # tidy asks for each (term, skip) once per other term
@@ -277,7 +276,9 @@ def tidy(terms: list[Term]) -> list[Term]:
     return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _entries(expr: sp.Expr) -> list[sp.Indexed]:
+    """The entries in `expr`, in sympy's order (shared: do not change the list)."""
     return sorted(expr.atoms(sp.Indexed), key=sp.default_sort_key)
 
 
@@ -310,6 +311,8 @@ def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
     while changed:
         changed = False
         for d in definitions.values():
+            if not tensor_set(d.expr) <= tensor_set(product):  # subs never matches a pattern naming a tensor not there
+                continue
             for leaf in _entries(d.expr):
                 matches = [e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)]
                 for entry in matches:

@@ -18,6 +18,7 @@ terms broadcast to the output's axes.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import re
@@ -118,6 +119,7 @@ def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset())
     return code
 
 
+@functools.lru_cache(maxsize=4096)  # written out once, however often it is compiled
 def inline_definitions(expr: sp.Expr) -> sp.Expr:
     """Replace defined user functions (and their derivatives) by their bodies."""
     def body(e):

@@ -184,6 +184,18 @@ def tensor_names(expr: sp.Basic) -> list[str]:
     return list(names)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def tensor_set(e: sp.Basic) -> frozenset[str]:
+    """The tensors `e` names, remembered per node: derivatives and rewrites ask again at every level below."""
+    if isinstance(e, sp.Indexed):
+        return frozenset((e.base.label.name,))
+    if isinstance(e, sp.Symbol):
+        return frozenset((e.name,)) if e == sp.Symbol(e.name, real=True) else frozenset()
+    if isinstance(e, Extent) or not e.args:
+        return frozenset()
+    return frozenset().union(*(tensor_set(a) for a in e.args))
+
+
 def _syntax_extent(expr: Expr, name: str) -> Extent:
     """The first axis that index `name` runs over in a syntax tree (it occurs: summation checked)."""
     stack = [expr]
