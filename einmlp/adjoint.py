@@ -225,11 +225,15 @@ class _Walk:
                                             tuple(of_extents + own_extents))
 
 
+MAX_FUSED = 12  # factors of a fused product: a chain of L statements would write out L^2 factors in all
+
+
 def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -> dict[str, sp.Expr]:
     """What runs: an adjoint that is one elementwise product, read once, is written into its reader.
 
     `Ytildebar = 2 Ytilde`, `Yhatbar = -Ytildebar`, `Cbar = Yhatbar f2'(C)` run as one fused
-    product; the steps still show each of them. Returns adjoint (or gradient) name -> expression.
+    product; the steps still show each of them. A product of more than MAX_FUSED factors is
+    computed on its own. Returns adjoint (or gradient) name -> expression.
     """
     reads: dict[str, int] = {}  # every occurrence: an adjoint read twice in one form is written out twice
     for a in adjoints.values():
@@ -243,9 +247,11 @@ def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -
     def written_out(e: sp.Indexed) -> sp.Expr:
         d = definitions[e.base.label.name]
         return computed[d.name].xreplace({own: at for own, at in zip(d.indices, e.indices) if own.is_Symbol})
+    def fused(e: sp.Expr) -> bool:
+        name = e.base.label.name if isinstance(e, sp.Indexed) else None
+        return name in inline and len(sp.Mul.make_args(computed[name])) <= MAX_FUSED
     for a in adjoints.values():  # in the order they are computed: readers after what they read
-        computed[a.name] = a.form.expr().replace(
-            lambda e: isinstance(e, sp.Indexed) and e.base.label.name in inline, written_out)
+        computed[a.name] = a.form.expr().replace(fused, written_out)
     return computed
 
 
