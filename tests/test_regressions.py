@@ -201,3 +201,51 @@ def test_hessian_through_nested_user_functions():
 
 def test_a_program_without_inputs_compiles():
     assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
+
+
+def _chain(n: int) -> str:
+    """A long chain as the fuzzer writes them: functions, biases, X W read again, products by V."""
+    functions, extra = ["tanh", "sigmoid", "sin", "", "softplus"], ["0.1", "X[i,k] W[k,j]", "b[j]", "1"]
+    lines = ["A0[i,j] = X[i,k] W[k,j]"]
+    for s in range(1, n):
+        lines.append(f"A{s}[i,j] = A{s - 1}[i,k] V[k,j]" if s % 5 == 4
+                     else f"A{s}[i,j] = {functions[s % 5]}(A{s - 1}[i,j]) + {extra[s % 4]}")
+    return "\n".join(lines + [f"L = A{n - 1}[i,j]^2"])
+
+
+def test_gradients_and_hessian_of_a_long_chain():
+    """Found by fuzzing (slow): a Hessian backpropagates through every adjoint, which reads V in every layer."""
+    from conftest import assert_gradient, random_arrays
+    prog = einmlp.parse(_chain(30))
+    rng = np.random.default_rng(1)
+    arrays = random_arrays(prog, {"X": (2, 3), "W": (3, 2), "V": (2, 2), "b": (2,)}, seed=1)
+    arrays["V"] = 0.5 * np.eye(2) + 0.2 * rng.standard_normal((2, 2))  # keeps the chain's values moderate
+    for wrt in ("X", "W", "V", "b"):
+        assert_gradient(prog.grad(wrt), arrays, rtol=1e-6)
+    hessian = prog.hessian("V")
+    assert hessian.mode == "adjoint"
+    assert_gradient(hessian, arrays, rtol=1e-6, tolerance=1e-5)
+
+
+def test_a_deep_nest_is_named_level_by_level():
+    """Found by fuzzing (slow): tanh nested 40 deep in one statement, its gradient and Hessian."""
+    from conftest import assert_gradient
+    prog = einmlp.parse("L = " + "tanh(" * 40 + "x[i]" + ")" * 40 + " x[i]")
+    x = np.array([0.3, -1.2, 2.0])
+    value = x
+    for _ in range(40):
+        value = np.tanh(value)
+    np.testing.assert_allclose(prog.compile()(x=x), np.sum(value * x), rtol=1e-12)
+    assert len(prog.intermediates) > 1  # the nest is a chain of statements now
+    assert_gradient(prog.grad("x"), {"x": x})
+    assert_gradient(prog.hessian("x"), {"x": x}, tolerance=1e-5)
+
+
+def test_a_chain_of_single_use_adjoints_longer_than_one_fused_product():
+    """Adjoints fused into products of at most MAX_FUSED factors: the gradient reads the rest as computed."""
+    from conftest import assert_gradient
+    lines = ["T1[i] = sin(x[i])"] + [f"T{k}[i] = sin(T{k - 1}[i])" for k in range(2, 31)] + ["L = T30[i] y[i]"]
+    prog = einmlp.parse("\n".join(lines))
+    arrays = {"x": np.array([0.3, -1.2, 2.0]), "y": np.array([1.0, 2.0, -0.5])}
+    assert_gradient(prog.grad("x"), arrays)
+    assert_gradient(prog.hessian("x"), arrays, tolerance=1e-5)
