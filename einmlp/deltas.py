@@ -171,14 +171,21 @@ def _canonical(term: Term, skip: frozenset | None = None) -> tuple:
     groups = _groups(term)
     factors = [g for k, g in groups.items() if k != skip]
     dummy = sp.Symbol("_", integer=True)
-    ordered = sorted(factors, key=lambda f: sp.srepr(f.xreplace({s: dummy for s in term.summed})))
+    masked = tuple((s, dummy) for s in term.summed)
+    ordered = sorted(factors, key=lambda f: _srepr(f, masked))
     order = {}
     for f in ordered:
         for s in sorted(free_indices(f), key=lambda s: s.name):
             if s in term.summed and s not in order:
                 order[s] = sp.Symbol(f"_s{len(order)}", integer=True)
     skipped = None if skip is None else frozenset(order.get(s, s) for s in skip)
-    return tuple(sorted(sp.srepr(f.xreplace(order)) for f in factors)), len(term.summed), skipped, order
+    return tuple(sorted(_srepr(f, tuple(order.items())) for f in factors)), len(term.summed), skipped, order
+
+
+@functools.lru_cache(maxsize=65536)  # each key of a term prints the same factors again
+def _srepr(f: sp.Expr, renames: tuple) -> str:
+    """sympy's exact text of f with its summed indices renamed."""
+    return sp.srepr(f.xreplace(dict(renames)))
 
 
 MAX_EXPANDED_TERMS = 64  # expanding (1 - t1^2)(1 - t2^2)... doubles the terms with each factor
