@@ -18,7 +18,7 @@ import sympy as sp
 from sympy.core.symbol import Str
 
 from .errors import NumericError
-from .functions import PARAM, FunctionTable
+from .functions import PARAM, FunctionTable, UserFunction
 from .render import index_str
 from .summation import CheckedProgram
 from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
@@ -230,7 +230,7 @@ class _Builder:
         if isinstance(expr, Neg):
             return -self.build(expr.operand)
         if isinstance(expr, Call):
-            return self.functions.apply(expr.function, self.build(expr.arg))
+            return _written_out(self.functions.apply(expr.function, self.build(expr.arg)))
         if isinstance(expr, SumOver):  # extents from the text: sympy may cancel the body
             return ESum(self.build(expr.body), [index(i) for i in expr.indices],
                         [_syntax_extent(expr.body, i) for i in expr.indices])
@@ -311,6 +311,18 @@ def _nesting(e: sp.Expr) -> int:
         return 0
     inner = max(_nesting(a) for a in e.args)
     return inner + 1 if isinstance(e, (sp.Function, sp.Pow)) else inner
+
+
+def _written_out(call: sp.Expr) -> sp.Expr:
+    """A user function whose body nests beyond MAX_NESTING is written out where it is called.
+
+    Its levels are then named as a deep statement's are; kept whole, its second derivative
+    would be written out with about depth^2 factors.
+    """
+    definition = type(call).definition if isinstance(call, UserFunction) else None
+    if definition is not None and _nesting(definition) > MAX_NESTING:
+        return definition.xreplace({PARAM: call.args[0]})
+    return call
 
 
 def _check_power(base: sp.Number, exponent: sp.Number) -> None:

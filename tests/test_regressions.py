@@ -249,3 +249,12 @@ def test_a_chain_of_single_use_adjoints_longer_than_one_fused_product():
     arrays = {"x": np.array([0.3, -1.2, 2.0]), "y": np.array([1.0, 2.0, -0.5])}
     assert_gradient(prog.grad("x"), arrays)
     assert_gradient(prog.hessian("x"), arrays, tolerance=1e-5)
+
+
+def test_a_user_function_nested_deep_is_written_out_where_it_is_called():
+    """Found by fuzzing (slow): g(x) = sin(sin(...x)) 60 deep; kept whole, g'' alone took seconds to write out."""
+    from conftest import assert_gradient
+    prog = einmlp.parse("g(x) = " + "sin(" * 60 + "x" + ")" * 60 + "\nL = g(x[i]) x[i]")
+    x = np.array([0.3, -1.2, 2.0])
+    assert_gradient(prog.grad("x"), {"x": x})
+    assert_gradient(prog.hessian("x"), {"x": x}, tolerance=1e-5)
