@@ -350,6 +350,9 @@ def check_constants(expr: sp.Expr, where: str) -> None:
     for number in expr.atoms(sp.Number):
         if number != 0 and not abs(_log10(number)) <= MAX_MAGNITUDE:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
+    for e in sp.postorder_traversal(expr):  # exp(1000) stays a symbol in sympy, but is inf in numpy
+        if isinstance(e, sp.exp) and e.args[0].is_number and not abs(float(e.args[0])) <= MAX_MAGNITUDE * math.log(10):
+            raise NumericError(f"the constant {e} in `{where}` is beyond the range of a float")
 
 
 def _fresh_names():
