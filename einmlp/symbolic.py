@@ -351,7 +351,8 @@ def check_constants(expr: sp.Expr, where: str) -> None:
         if number != 0 and not abs(_log10(number)) <= MAX_MAGNITUDE:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
     for e in sp.postorder_traversal(expr):  # exp(1000) stays a symbol in sympy, but is inf in numpy
-        if isinstance(e, sp.exp) and e.args[0].is_number and not abs(float(e.args[0])) <= MAX_MAGNITUDE * math.log(10):
+        power = e.args[0].evalf(5) if isinstance(e, sp.exp) and e.args[0].is_number else None
+        if power is not None and power.is_Number and not abs(float(power)) <= MAX_MAGNITUDE * math.log(10):
             raise NumericError(f"the constant {e} in `{where}` is beyond the range of a float")
 
 

@@ -70,6 +70,7 @@ BAD_SOURCES = [
     ("L = log(exp(1000) - sigmoid(x[i]))", NumericError, "the constant exp(1000)"),
     ("L = x[i] exp(-exp(10))", NumericError, "beyond the range"),
     ("f(x) = x exp(800)\nL = f(x[i])", NumericError, "beyond the range"),
+    ("L = x[i] exp(relu(4)) exp(4000 sin(1))", NumericError, "beyond the range"),
     ("L = x[i] * (0/0)", NumericError, "divides by zero"),
     ("L = x[i] / 0", NumericError, "divides by zero"),
     ("L = x[i] * sqrt(-1)", NumericError, "not a real number"),

@@ -258,3 +258,9 @@ def test_a_user_function_nested_deep_is_written_out_where_it_is_called():
     x = np.array([0.3, -1.2, 2.0])
     assert_gradient(prog.grad("x"), {"x": x})
     assert_gradient(prog.hessian("x"), {"x": x}, tolerance=1e-5)
+
+
+def test_exp_of_a_constant_sympy_cannot_evaluate_is_not_checked_as_a_float():
+    """Found by fuzzing: the range check of exp(c) asked float() of relu(4), which sympy cannot give."""
+    prog = einmlp.parse("L = x[i] exp(relu(4))")
+    np.testing.assert_allclose(prog.compile()(x=np.array([1.0, 2.0])), 3 * np.exp(4.0))
