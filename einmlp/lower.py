@@ -373,10 +373,13 @@ class Lowerer:
         coeff_parts = []
         groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
         plain: list[sp.Indexed] = []
-        for f in term.factors:
+        for k, f in enumerate(term.factors):
             indices = free_indices(f)
             if indices and not free_indices(written := inline_definitions(f)):
-                f, indices = written, ()  # f(t) = 2 t: f' is constant
+                # f(t) = 2 t: f' is constant; an index only f used is still summed, and counts its length
+                others = {i for g in term.factors[:k] + term.factors[k + 1:] for i in free_indices(g)}
+                coeff_parts.extend(size_of(i) for i in indices if i not in order and i not in others)
+                f, indices = written, ()
             if not indices:
                 coeff_parts.append(printer.atom(f))
             elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \

@@ -264,3 +264,17 @@ def test_exp_of_a_constant_sympy_cannot_evaluate_is_not_checked_as_a_float():
     """Found by fuzzing: the range check of exp(c) asked float() of relu(4), which sympy cannot give."""
     prog = einmlp.parse("L = x[i] exp(relu(4))")
     np.testing.assert_allclose(prog.compile()(x=np.array([1.0, 2.0])), 3 * np.exp(4.0))
+
+
+def test_a_user_function_constant_when_written_out_still_sums_its_own_index():
+    """Found by fuzzing: p(x) = x, so p' is 1; the k that only p'(L[k,z] - b[z]) used was no longer summed.
+
+    d/db[m] of sum[k](p(L[k,z] - b[z])) is -N_k delta(m,z) (was -delta(m,z)); c(x) = 5 summed over k is 5 N_k.
+    """
+    from conftest import assert_gradient
+    arrays = {"L": np.arange(6.0).reshape(3, 2), "b": np.array([1.0, 2.0])}
+    prog = einmlp.parse("p(x) = x\nA[z] = p(L[k,z] - b[z])\nS = A[z] A[z]")
+    np.testing.assert_allclose(prog.grad("b", of="A").compile()(**arrays), -3 * np.eye(2))
+    assert_gradient(prog.grad("b"), arrays)
+    constant = einmlp.parse("c(x) = 5\nA[z] = c(L[k,z] - b[z])")
+    np.testing.assert_allclose(constant.compile()(**arrays), [15.0, 15.0])
