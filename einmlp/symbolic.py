@@ -314,15 +314,17 @@ def _nesting(e: sp.Expr) -> int:
 
 
 def _written_out(call: sp.Expr) -> sp.Expr:
-    """A user function whose body nests beyond MAX_NESTING is written out where it is called.
+    """A user function whose body nests beyond MAX_NESTING, or called on a constant, is written out.
 
-    Its levels are then named as a deep statement's are; kept whole, its second derivative
-    would be written out with about depth^2 factors.
+    A deep one's levels are then named as a deep statement's are (kept whole, its second
+    derivative would be written out with about depth^2 factors); a constant one is checked as
+    constants are (g(1) = 0 in `T / g(1)` divides by zero).
     """
     definition = type(call).definition if isinstance(call, UserFunction) else None
-    if definition is not None and _nesting(definition) > MAX_NESTING:
-        return definition.xreplace({PARAM: call.args[0]})
-    return call
+    if definition is None or not (call.args[0].is_number or _nesting(definition) > MAX_NESTING):
+        return call
+    body = definition.xreplace({PARAM: call.args[0]})
+    return body.replace(lambda e: isinstance(e, UserFunction) and e.args[0].is_number, _written_out)
 
 
 def _check_power(base: sp.Number, exponent: sp.Number) -> None:

@@ -278,3 +278,47 @@ def test_a_user_function_constant_when_written_out_still_sums_its_own_index():
     assert_gradient(prog.grad("b"), arrays)
     constant = einmlp.parse("c(x) = 5\nA[z] = c(L[k,z] - b[z])")
     np.testing.assert_allclose(constant.compile()(**arrays), [15.0, 15.0])
+
+
+NESTED_DOUBLING = """\
+f0(x) = x^2 + 1
+f1(x) = f0(x) / 2
+f2(x) = sin(f1(x))
+f3(x) = f2(f2(x))
+f4(x) = f3(x) + 1
+f5(x) = f4(x) / 2
+f6(x) = f5(x)^2
+f7(x) = f6(x) + 1
+f8(x) = sin(f7(x))
+f9(x) = f8(x)^2
+f10(x) = f9(x) / 2
+f11(x) = f10(x)^2
+f12(x) = sin(f11(x))
+f13(x) = f12(x) / 2
+f14(x) = f13(x)^2
+f15(x) = sin(f14(x))
+f16(x) = f15(x) / 2
+f17(x) = f16(f16(x))
+f18(x) = f17(f17(x))
+f19(x) = f18(x)^2
+f20(x) = f19(x)^2
+f21(x) = f20(x)^2
+f22(x) = sin(f21(x))
+f23(x) = f22(f22(x))
+f24(x) = f23(x) + 1
+L = f24(w) w
+"""
+
+
+def test_a_hessian_of_doubly_nested_functions_too_big_to_write_out_is_refused():
+    """Found by fuzzing (10 s): f24'' written out has about 200000 operations; it is refused before writing."""
+    with pytest.raises(einmlp.EinmlpError, match="written out"):
+        einmlp.parse(NESTED_DOUBLING).hessian("w").compile()
+
+
+def test_a_user_function_of_a_constant_is_checked_as_a_constant():
+    """Found by fuzzing: g(1) = 0 in `T[k] / g(1)` raised ZeroDivisionError when called."""
+    with pytest.raises(einmlp.NumericError, match="divides by zero"):
+        einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(1)")
+    prog = einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(2)")
+    np.testing.assert_allclose(prog.compile()(T=np.array([1.0, 2.0])), 3.0 / 6.0)
