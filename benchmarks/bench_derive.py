@@ -2,6 +2,7 @@
 
     python benchmarks/bench_derive.py              # the derive table (and jax's first call, where installed)
     python benchmarks/bench_derive.py --runtime    # the transformer block against torch autograd, where installed
+    python benchmarks/bench_derive.py --long       # only the fuzzer's longest inputs: gradients and a Hessian
 
 Derivation is linear in the program (one adjoint per statement), so the table's interesting
 column is how time grows with depth: t(32)/t(8) for the residual network. Run-time figures
@@ -58,6 +59,21 @@ def power(copies: int) -> tuple[str, list[str]]:
     return f"P[i0,i{copies}] = {product}\nL = P[i0,i{copies}] P[i0,i{copies}]", ["X"]
 
 
+def chain(n: int) -> tuple[str, list[str]]:
+    """The fuzzer's long chain: n statements of functions, biases, X W read again and products by V."""
+    functions, extra = ["tanh", "sigmoid", "sin", "", "softplus"], ["0.1", "X[i,k] W[k,j]", "b[j]", "1"]
+    lines = ["A0[i,j] = X[i,k] W[k,j]"]
+    for s in range(1, n):
+        lines.append(f"A{s}[i,j] = A{s - 1}[i,k] V[k,j]" if s % 5 == 4
+                     else f"A{s}[i,j] = {functions[s % 5]}(A{s - 1}[i,j]) + {extra[s % 4]}")
+    return "\n".join(lines + [f"L = A{n - 1}[i,j]^2"]), ["X", "W", "V", "b"]
+
+
+def nest(depth: int) -> tuple[str, list[str]]:
+    """tanh(tanh(...(x[i]))) written in one statement."""
+    return f"L = {'tanh(' * depth}x[i]{')' * depth} x[i]", ["x"]
+
+
 def transformer(width: int) -> str:
     """Single-head attention with softmax, residual, layer norm, 2-layer ReLU MLP with biases, residual."""
     return f"""\
@@ -81,6 +97,12 @@ TRANSFORMER_WEIGHTS = ["Wq", "Wk", "Wv", "G", "W1", "b1", "W2", "b2"]
 def derive_seconds(source: str, wrt: list[str]) -> float:
     start = time.perf_counter()
     einmlp.parse(source).grad(wrt).compile()
+    return time.perf_counter() - start
+
+
+def hessian_seconds(source: str, wrt: str) -> float:
+    start = time.perf_counter()
+    einmlp.parse(source).hessian(wrt).compile()
     return time.perf_counter() - start
 
 
@@ -137,6 +159,17 @@ def derive_table() -> None:
     grads = prog.grad(TRANSFORMER_WEIGHTS)
     grads.compile()
     print(f"transformer block, all weight gradients: {time.perf_counter() - start:.2f} s")
+    long_table()
+
+
+def long_table() -> None:
+    """The fuzzer's longest inputs: a 100-statement chain and a deep tanh nest, gradients and a Hessian."""
+    print(f"\n{'long program':58} {'size':>5} {'all gradients s':>16} {'Hessian s':>10}")
+    for label, builder, n, wrt in [("chain of statements (Hessian of V)", chain, 100, "V"),
+                                   ("tanh nested in one statement (Hessian of x)", nest, 40, "x")]:
+        source, names = builder(n)
+        print(f"{label:58} {n:>5} {derive_seconds(source, names):>16.2f} {hessian_seconds(source, wrt):>10.2f}",
+              flush=True)
 
 
 def transformer_arrays(batch: int, seq: int, width: int, hidden: int, seed: int = 0) -> dict:
@@ -205,8 +238,9 @@ def runtime() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", action="store_true", help="time the transformer block against torch instead")
+    parser.add_argument("--long", action="store_true", help="only the long programs (chain and deep nest)")
     args = parser.parse_args()
-    runtime() if args.runtime else derive_table()
+    runtime() if args.runtime else long_table() if args.long else derive_table()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ one once, and every gradient reads from them.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 
 import sympy as sp
@@ -24,7 +23,8 @@ import sympy as sp
 from .deltas import IndexForm, Term, contract, contract_all, normalize
 from .grad import WRT_NAMES, Names, Step, entry
 from .render import index_str
-from .symbolic import ESum, Definition, Extent, Model, index, index_names, tensor_names, transitive_uses
+from .symbolic import (ESum, Definition, Extent, Model, index, index_names, tensor_names, tensor_set,
+                       transitive_uses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +112,7 @@ def _delta(i: sp.Expr, t: sp.Expr) -> sp.Expr:
 
 
 def _mentions(e: sp.Expr, name: str) -> bool:
-    return name in _tensors(e)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _tensors(e: sp.Basic) -> frozenset[str]:
-    """The tensors `e` names, remembered per node: the derivative asks again at every level below."""
-    if isinstance(e, sp.Indexed):
-        return frozenset((e.base.label.name,))
-    if isinstance(e, sp.Symbol):
-        return frozenset((e.name,)) if e == sp.Symbol(e.name, real=True) else frozenset()
-    if isinstance(e, Extent) or not e.args:
-        return frozenset()
-    return frozenset().union(*(_tensors(a) for a in e.args))
+    return name in tensor_set(e)
 
 
 def _terms_naming(d: Definition, name: str) -> Definition:
@@ -237,11 +225,15 @@ class _Walk:
                                             tuple(of_extents + own_extents))
 
 
+MAX_FUSED = 12  # factors of a fused product: a chain of L statements would write out L^2 factors in all
+
+
 def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -> dict[str, sp.Expr]:
     """What runs: an adjoint that is one elementwise product, read once, is written into its reader.
 
     `Ytildebar = 2 Ytilde`, `Yhatbar = -Ytildebar`, `Cbar = Yhatbar f2'(C)` run as one fused
-    product; the steps still show each of them. Returns adjoint (or gradient) name -> expression.
+    product; the steps still show each of them. A product of more than MAX_FUSED factors is
+    computed on its own. Returns adjoint (or gradient) name -> expression.
     """
     reads: dict[str, int] = {}  # every occurrence: an adjoint read twice in one form is written out twice
     for a in adjoints.values():
@@ -255,9 +247,11 @@ def _inlined(definitions: dict[str, Definition], adjoints: dict[str, Adjoint]) -
     def written_out(e: sp.Indexed) -> sp.Expr:
         d = definitions[e.base.label.name]
         return computed[d.name].xreplace({own: at for own, at in zip(d.indices, e.indices) if own.is_Symbol})
+    def fused(e: sp.Expr) -> bool:
+        name = e.base.label.name if isinstance(e, sp.Indexed) else None
+        return name in inline and len(sp.Mul.make_args(computed[name])) <= MAX_FUSED
     for a in adjoints.values():  # in the order they are computed: readers after what they read
-        computed[a.name] = a.form.expr().replace(
-            lambda e: isinstance(e, sp.Indexed) and e.base.label.name in inline, written_out)
+        computed[a.name] = a.form.expr().replace(fused, written_out)
     return computed
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import sympy as sp
 
 from .grad import Names, Step
-from .symbolic import ESum, Extent, free_indices
+from .symbolic import ESum, Extent, free_indices, tensor_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +153,13 @@ def _count_orphans(term: Term) -> Term:
                 tuple(term.extents[k] for k in keep))
 
 
+@functools.lru_cache(maxsize=65536)
 def _groups(term: Term) -> dict[frozenset, sp.Expr]:
-    """The term's factors multiplied together per set of indices they use."""
-    groups: dict[frozenset, sp.Expr] = {}
+    """The term's factors multiplied together per set of indices they use (shared: do not change it)."""
+    groups: dict[frozenset, list] = {}
     for f in term.factors:
-        key = frozenset(free_indices(f))
-        groups[key] = groups.get(key, sp.S.One) * f
-    return groups
+        groups.setdefault(frozenset(free_indices(f)), []).append(f)
+    return {key: sp.Mul(*factors) for key, factors in groups.items()}  # one Mul each: sympy sorts its factors once
 
 
 @functools.lru_cache(maxsize=65536)  # tidy asks for each (term, skip) once per other term
@@ -171,14 +171,21 @@ def _canonical(term: Term, skip: frozenset | None = None) -> tuple:
     groups = _groups(term)
     factors = [g for k, g in groups.items() if k != skip]
     dummy = sp.Symbol("_", integer=True)
-    ordered = sorted(factors, key=lambda f: sp.srepr(f.xreplace({s: dummy for s in term.summed})))
+    masked = tuple((s, dummy) for s in term.summed)
+    ordered = sorted(factors, key=lambda f: _srepr(f, masked))
     order = {}
     for f in ordered:
         for s in sorted(free_indices(f), key=lambda s: s.name):
             if s in term.summed and s not in order:
                 order[s] = sp.Symbol(f"_s{len(order)}", integer=True)
     skipped = None if skip is None else frozenset(order.get(s, s) for s in skip)
-    return tuple(sorted(sp.srepr(f.xreplace(order)) for f in factors)), len(term.summed), skipped, order
+    return tuple(sorted(_srepr(f, tuple(order.items())) for f in factors)), len(term.summed), skipped, order
+
+
+@functools.lru_cache(maxsize=65536)  # each key of a term prints the same factors again
+def _srepr(f: sp.Expr, renames: tuple) -> str:
+    """sympy's exact text of f with its summed indices renamed."""
+    return sp.srepr(f.xreplace(dict(renames)))
 
 
 MAX_EXPANDED_TERMS = 64  # expanding (1 - t1^2)(1 - t2^2)... doubles the terms with each factor
@@ -200,7 +207,9 @@ def expand(e: sp.Expr) -> sp.Expr:
     return sp.expand(e) if _expansion_size(e) <= MAX_EXPANDED_TERMS else e
 
 
+@functools.lru_cache(maxsize=1 << 14)  # the same factor (1 - tanh(A)^2) recurs in many terms
 def _simplest(f: sp.Expr) -> sp.Expr:
+    """f, expanded or with common factors pulled out, whichever has the fewest operations."""
     if not isinstance(f, sp.Add):
         return f
     return min([f, expand(f), sp.factor_terms(f)], key=sp.count_ops)
@@ -225,13 +234,21 @@ def _bound_outside(term: Term, order: dict) -> bool:
     return all(s in order for s in term.summed)
 
 
+def _skips(term: Term) -> list[frozenset]:
+    """The index sets whose factors may differ between combined terms, in a fixed order, whatever the hash seed."""
+    return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
+
+
+def _keys(term: Term) -> set[tuple]:
+    """Every key `_combine` compares: two terms that share none never combine."""
+    return {_canonical(term, skip)[:3] for skip in _skips(term)}
+
+
 def _combine(a: Term, b: Term) -> Term | None:
     """A + b as one term when they differ only in the factors over one index set."""
-    def keys(term):  # in a fixed order, whatever the hash seed
-        return sorted(set(_groups(term)) | {frozenset()}, key=lambda k: sorted(s.name for s in k))
-    for skip in keys(a):
+    for skip in _skips(a):
         ka = _canonical(a, skip)
-        for skip_b in keys(b):
+        for skip_b in _skips(b):
             kb = _canonical(b, skip_b)
             if ka[:3] != kb[:3] or not (_bound_outside(a, ka[3]) and _bound_outside(b, kb[3])):
                 continue
@@ -247,19 +264,28 @@ def _combine(a: Term, b: Term) -> Term | None:
 def tidy(terms: list[Term]) -> list[Term]:
     """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
     out: list[Term] = []
+    where: dict[tuple, list[int]] = {}  # key -> the places in `out` whose term has (or had) it
+
+    def place(k: int) -> None:
+        for key in _keys(out[k]):
+            where.setdefault(key, []).append(k)
     for t in terms:
         t = _count_orphans(_split(t, t.coeff, sp.Mul(*t.factors)))  # a cancelled factor can orphan an index
-        for k, old in enumerate(out):
-            merged = _combine(old, t)
+        for k in sorted({k for key in _keys(t) for k in where.get(key, ())}):  # the first that combines, as before
+            merged = _combine(out[k], t)
             if merged is not None:
                 out[k] = _count_orphans(merged)
+                place(k)
                 break
         else:
             out.append(t)
+            place(len(out) - 1)
     return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _entries(expr: sp.Expr) -> list[sp.Indexed]:
+    """The entries in `expr`, in sympy's order (shared: do not change the list)."""
     return sorted(expr.atoms(sp.Indexed), key=sp.default_sort_key)
 
 
@@ -292,6 +318,8 @@ def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
     while changed:
         changed = False
         for d in definitions.values():
+            if not tensor_set(d.expr) <= tensor_set(product):  # subs never matches a pattern naming a tensor not there
+                continue
             for leaf in _entries(d.expr):
                 matches = [e for e in _entries(product) if e.base == leaf.base and len(e.indices) == len(leaf.indices)]
                 for entry in matches:

@@ -63,12 +63,15 @@ class Names:
     def __init__(self, taken: set[str]):
         self.taken, self.order = set(taken), {}
         self._counter = count(1)
+        self._suffix: dict[str, int] = {}  # wanted -> the last suffix tried: names are never given back
 
     def fresh(self, wanted: str) -> sp.Symbol:
-        name, k = wanted, 1
+        k = self._suffix.get(wanted, 1)
+        name = wanted if k == 1 else f"{wanted}{k}"
         while name in self.taken:
             k += 1
             name = f"{wanted}{k}"
+        self._suffix[wanted] = k
         return self.claim(name)
 
     def claim(self, name: str) -> sp.Symbol:

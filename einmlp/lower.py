@@ -18,6 +18,7 @@ terms broadcast to the output's axes.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import math
 import re
@@ -119,8 +120,20 @@ def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset())
     return code
 
 
+MAX_WRITTEN = 20000  # nodes of an expression with its user functions written out
+
+
+@functools.lru_cache(maxsize=4096)  # written out once, however often it is compiled
 def inline_definitions(expr: sp.Expr) -> sp.Expr:
-    """Replace defined user functions (and their derivatives) by their bodies."""
+    """Replace defined user functions (and their derivatives) by their bodies.
+
+    Refused beyond MAX_WRITTEN nodes, measured before writing anything out: the second
+    derivative of f(f(x)) nested k deep grows like 2^k, and sympy would take minutes.
+    """
+    if (size := _written_size(expr)) > MAX_WRITTEN:
+        raise EinmlpError(f"a derivative of the program's functions grows to about {size} operations when they "
+                          f"are written out (at most {MAX_WRITTEN}); write some of the nested functions as statements")
+
     def body(e):
         return type(e).definition.xreplace({PARAM: e.args[0]})
     while True:
@@ -128,6 +141,28 @@ def inline_definitions(expr: sp.Expr) -> sp.Expr:
         if new == expr:
             return new
         expr = new
+
+
+def _written_size(e: sp.Expr) -> int:
+    """How many nodes `e` has with its user functions written out, counted without writing them."""
+    if isinstance(e, UserFunction) and type(e).definition is not None:
+        size, uses = _body_size(type(e))
+        return size + uses * (_written_size(e.args[0]) - 1)
+    return 1 + sum(_written_size(a) for a in e.args)
+
+
+@functools.lru_cache(maxsize=4096)
+def _body_size(function: type) -> tuple[int, int]:
+    """A user function's body written out: (its nodes, how many times it uses its argument)."""
+    return _written_size(function.definition), _uses(function.definition)
+
+
+def _uses(e: sp.Expr) -> int:
+    if e == PARAM:
+        return 1
+    if isinstance(e, UserFunction) and type(e).definition is not None:
+        return _body_size(type(e))[1] * _uses(e.args[0])
+    return sum(_uses(a) for a in e.args)
 
 
 class _Printer:
@@ -372,10 +407,13 @@ class Lowerer:
         coeff_parts = []
         groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
         plain: list[sp.Indexed] = []
-        for f in term.factors:
+        for k, f in enumerate(term.factors):
             indices = free_indices(f)
             if indices and not free_indices(written := inline_definitions(f)):
-                f, indices = written, ()  # f(t) = 2 t: f' is constant
+                # f(t) = 2 t: f' is constant; an index only f used is still summed, and counts its length
+                others = {i for g in term.factors[:k] + term.factors[k + 1:] for i in free_indices(g)}
+                coeff_parts.extend(size_of(i) for i in indices if i not in order and i not in others)
+                f, indices = written, ()
             if not indices:
                 coeff_parts.append(printer.atom(f))
             elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \

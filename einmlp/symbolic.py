@@ -18,13 +18,14 @@ import sympy as sp
 from sympy.core.symbol import Str
 
 from .errors import NumericError
-from .functions import PARAM, FunctionTable
+from .functions import PARAM, FunctionTable, UserFunction
 from .render import index_str
 from .summation import CheckedProgram
 from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
 
 MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
 MAX_EXPONENT = 1000  # |p| of a constant exponent: sympy writes (3 y)^p as 3^p y^p, computing 3^p exactly
+MAX_NESTING = 8     # a statement whose functions and powers nest deeper is named one level at a time
 
 
 def index(name: str) -> sp.Symbol:
@@ -183,6 +184,18 @@ def tensor_names(expr: sp.Basic) -> list[str]:
     return list(names)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def tensor_set(e: sp.Basic) -> frozenset[str]:
+    """The tensors `e` names, remembered per node: derivatives and rewrites ask again at every level below."""
+    if isinstance(e, sp.Indexed):
+        return frozenset((e.base.label.name,))
+    if isinstance(e, sp.Symbol):
+        return frozenset((e.name,)) if e == sp.Symbol(e.name, real=True) else frozenset()
+    if isinstance(e, Extent) or not e.args:
+        return frozenset()
+    return frozenset().union(*(tensor_set(a) for a in e.args))
+
+
 def _syntax_extent(expr: Expr, name: str) -> Extent:
     """The first axis that index `name` runs over in a syntax tree (it occurs: summation checked)."""
     stack = [expr]
@@ -204,6 +217,7 @@ class _Builder:
         self.definitions: dict[str, Definition] = {}
         self.lifted: dict[sp.Expr, str] = {}
         self.param: str | None = None  # while building a function definition's body
+        self.deep = False  # the statement nests functions beyond MAX_NESTING: name every level
 
     def build(self, expr: Expr) -> sp.Expr:
         if isinstance(expr, Group):
@@ -216,7 +230,7 @@ class _Builder:
         if isinstance(expr, Neg):
             return -self.build(expr.operand)
         if isinstance(expr, Call):
-            return self.functions.apply(expr.function, self.build(expr.arg))
+            return _written_out(self.functions.apply(expr.function, self.build(expr.arg)))
         if isinstance(expr, SumOver):  # extents from the text: sympy may cancel the body
             return ESum(self.build(expr.body), [index(i) for i in expr.indices],
                         [_syntax_extent(expr.body, i) for i in expr.indices])
@@ -230,10 +244,16 @@ class _Builder:
 
     # -- lifting ---------------------------------------------------------------------------
     def lift_all(self, expr: sp.Expr, lhs: tuple, written: tuple = ()) -> sp.Expr:
-        """Name the contractions of `expr`; `written`: its index names in the order the source
-        writes them, which a named contraction keeps (`X[i,j] W1[j,k]` is A[i,k], not A[k,i])."""
+        """`expr` with contractions in nonlinear contexts named; a deep nest is named level by level.
+
+        Written out, a nest of depth n has a gradient of n factors and a Hessian of about n^2
+        terms; named level by level it is a chain of n statements, linear to backpropagate.
+        `written`: the index names in the order the source writes them, which a named
+        contraction keeps (`X[i,j] W1[j,k]` is A[i,k], not A[k,i]).
+        """
         self.lhs = lhs
         self.written = {index(i): k for k, i in enumerate(dict.fromkeys(written))}
+        self.deep = _nesting(expr) > MAX_NESTING
         return self.visit(expr)
 
     def visit(self, e: sp.Expr) -> sp.Expr:
@@ -251,7 +271,7 @@ class _Builder:
             return self.lift(e, name)
         args = [self.visit(a) for a in e.args]
         if isinstance(e, (sp.Function, sp.Pow)):
-            args = [self.lift(a) if a.has(ESum) else a for a in args]
+            args = [self.lift(a) if a.has(ESum) or (self.deep and _nesting(a)) else a for a in args]
         return e.func(*args)
 
     def _residual_name(self, e: sp.Add) -> str | None:
@@ -287,6 +307,29 @@ class _Builder:
         return ref(self.lifted[key], [i.name if i.is_Symbol else int(i) for i in pattern])
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _nesting(e: sp.Expr) -> int:
+    """How deep functions and powers nest in `e`: each level is one more factor of the chain rule."""
+    if not e.args or isinstance(e, (sp.Indexed, Extent)):
+        return 0
+    inner = max(_nesting(a) for a in e.args)
+    return inner + 1 if isinstance(e, (sp.Function, sp.Pow)) else inner
+
+
+def _written_out(call: sp.Expr) -> sp.Expr:
+    """A user function whose body nests beyond MAX_NESTING, or called on a constant, is written out.
+
+    A deep one's levels are then named as a deep statement's are (kept whole, its second
+    derivative would be written out with about depth^2 factors); a constant one is checked as
+    constants are (g(1) = 0 in `T / g(1)` divides by zero).
+    """
+    definition = type(call).definition if isinstance(call, UserFunction) else None
+    if definition is None or not (call.args[0].is_number or _nesting(definition) > MAX_NESTING):
+        return call
+    body = definition.xreplace({PARAM: call.args[0]})
+    return body.replace(lambda e: isinstance(e, UserFunction) and e.args[0].is_number, _written_out)
+
+
 def _check_power(base: sp.Number, exponent: sp.Number) -> None:
     """Refuse a constant power too large to compute (9^9^9) before sympy tries."""
     if base in (0, 1, -1):
@@ -312,6 +355,10 @@ def check_constants(expr: sp.Expr, where: str) -> None:
     for number in expr.atoms(sp.Number):
         if number != 0 and not abs(_log10(number)) <= MAX_MAGNITUDE:
             raise NumericError(f"the constant {float(number):.3g} in `{where}` is beyond the range of a float")
+    for e in sp.postorder_traversal(expr):  # exp(1000) stays a symbol in sympy, but is inf in numpy
+        power = e.args[0].evalf(5) if isinstance(e, sp.exp) and e.args[0].is_number else None
+        if power is not None and power.is_Number and not abs(float(power)) <= MAX_MAGNITUDE * math.log(10):
+            raise NumericError(f"the constant {e} in `{where}` is beyond the range of a float")
 
 
 def _written_indices(expr) -> tuple[str, ...]:

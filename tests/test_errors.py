@@ -66,6 +66,11 @@ BAD_SOURCES = [
     ("L = x[i] * (10^-200)^2", NumericError, "beyond the range"),
     ("L = x[i]^(0/0)", NumericError, "exponent nan"),
     ("L = x[i] * 1e300 * 1e300", NumericError, "beyond the range"),
+    # found by fuzzing: exp(1000) is inf in numpy, and the Hessian of log(exp(1000) - s) was nan
+    ("L = log(exp(1000) - sigmoid(x[i]))", NumericError, "the constant exp(1000)"),
+    ("L = x[i] exp(-exp(10))", NumericError, "beyond the range"),
+    ("f(x) = x exp(800)\nL = f(x[i])", NumericError, "beyond the range"),
+    ("L = x[i] exp(relu(4)) exp(4000 sin(1))", NumericError, "beyond the range"),
     ("L = x[i] * (0/0)", NumericError, "divides by zero"),
     ("L = x[i] / 0", NumericError, "divides by zero"),
     ("L = x[i] * sqrt(-1)", NumericError, "not a real number"),

@@ -201,3 +201,124 @@ def test_hessian_through_nested_user_functions():
 
 def test_a_program_without_inputs_compiles():
     assert einmlp.parse("L = f(0)").compile(functions={"f": np.exp})() == 1.0
+
+
+def _chain(n: int) -> str:
+    """A long chain as the fuzzer writes them: functions, biases, X W read again, products by V."""
+    functions, extra = ["tanh", "sigmoid", "sin", "", "softplus"], ["0.1", "X[i,k] W[k,j]", "b[j]", "1"]
+    lines = ["A0[i,j] = X[i,k] W[k,j]"]
+    for s in range(1, n):
+        lines.append(f"A{s}[i,j] = A{s - 1}[i,k] V[k,j]" if s % 5 == 4
+                     else f"A{s}[i,j] = {functions[s % 5]}(A{s - 1}[i,j]) + {extra[s % 4]}")
+    return "\n".join(lines + [f"L = A{n - 1}[i,j]^2"])
+
+
+def test_gradients_and_hessian_of_a_long_chain():
+    """Found by fuzzing (slow): a Hessian backpropagates through every adjoint, which reads V in every layer."""
+    from conftest import assert_gradient, random_arrays
+    prog = einmlp.parse(_chain(30))
+    rng = np.random.default_rng(1)
+    arrays = random_arrays(prog, {"X": (2, 3), "W": (3, 2), "V": (2, 2), "b": (2,)}, seed=1)
+    arrays["V"] = 0.5 * np.eye(2) + 0.2 * rng.standard_normal((2, 2))  # keeps the chain's values moderate
+    for wrt in ("X", "W", "V", "b"):
+        assert_gradient(prog.grad(wrt), arrays, rtol=1e-6)
+    hessian = prog.hessian("V")
+    assert hessian.mode == "adjoint"
+    assert_gradient(hessian, arrays, rtol=1e-6, tolerance=1e-5)
+
+
+def test_a_deep_nest_is_named_level_by_level():
+    """Found by fuzzing (slow): tanh nested 40 deep in one statement, its gradient and Hessian."""
+    from conftest import assert_gradient
+    prog = einmlp.parse("L = " + "tanh(" * 40 + "x[i]" + ")" * 40 + " x[i]")
+    x = np.array([0.3, -1.2, 2.0])
+    value = x
+    for _ in range(40):
+        value = np.tanh(value)
+    np.testing.assert_allclose(prog.compile()(x=x), np.sum(value * x), rtol=1e-12)
+    assert len(prog.intermediates) > 1  # the nest is a chain of statements now
+    assert_gradient(prog.grad("x"), {"x": x})
+    assert_gradient(prog.hessian("x"), {"x": x}, tolerance=1e-5)
+
+
+def test_a_chain_of_single_use_adjoints_longer_than_one_fused_product():
+    """Adjoints fused into products of at most MAX_FUSED factors: the gradient reads the rest as computed."""
+    from conftest import assert_gradient
+    lines = ["T1[i] = sin(x[i])"] + [f"T{k}[i] = sin(T{k - 1}[i])" for k in range(2, 31)] + ["L = T30[i] y[i]"]
+    prog = einmlp.parse("\n".join(lines))
+    arrays = {"x": np.array([0.3, -1.2, 2.0]), "y": np.array([1.0, 2.0, -0.5])}
+    assert_gradient(prog.grad("x"), arrays)
+    assert_gradient(prog.hessian("x"), arrays, tolerance=1e-5)
+
+
+def test_a_user_function_nested_deep_is_written_out_where_it_is_called():
+    """Found by fuzzing (slow): g(x) = sin(sin(...x)) 60 deep; kept whole, g'' alone took seconds to write out."""
+    from conftest import assert_gradient
+    prog = einmlp.parse("g(x) = " + "sin(" * 60 + "x" + ")" * 60 + "\nL = g(x[i]) x[i]")
+    x = np.array([0.3, -1.2, 2.0])
+    assert_gradient(prog.grad("x"), {"x": x})
+    assert_gradient(prog.hessian("x"), {"x": x}, tolerance=1e-5)
+
+
+def test_exp_of_a_constant_sympy_cannot_evaluate_is_not_checked_as_a_float():
+    """Found by fuzzing: the range check of exp(c) asked float() of relu(4), which sympy cannot give."""
+    prog = einmlp.parse("L = x[i] exp(relu(4))")
+    np.testing.assert_allclose(prog.compile()(x=np.array([1.0, 2.0])), 3 * np.exp(4.0))
+
+
+def test_a_user_function_constant_when_written_out_still_sums_its_own_index():
+    """Found by fuzzing: p(x) = x, so p' is 1; the k that only p'(L[k,z] - b[z]) used was no longer summed.
+
+    d/db[m] of sum[k](p(L[k,z] - b[z])) is -N_k delta(m,z) (was -delta(m,z)); c(x) = 5 summed over k is 5 N_k.
+    """
+    from conftest import assert_gradient
+    arrays = {"L": np.arange(6.0).reshape(3, 2), "b": np.array([1.0, 2.0])}
+    prog = einmlp.parse("p(x) = x\nA[z] = p(L[k,z] - b[z])\nS = A[z] A[z]")
+    np.testing.assert_allclose(prog.grad("b", of="A").compile()(**arrays), -3 * np.eye(2))
+    assert_gradient(prog.grad("b"), arrays)
+    constant = einmlp.parse("c(x) = 5\nA[z] = c(L[k,z] - b[z])")
+    np.testing.assert_allclose(constant.compile()(**arrays), [15.0, 15.0])
+
+
+NESTED_DOUBLING = """\
+f0(x) = x^2 + 1
+f1(x) = f0(x) / 2
+f2(x) = sin(f1(x))
+f3(x) = f2(f2(x))
+f4(x) = f3(x) + 1
+f5(x) = f4(x) / 2
+f6(x) = f5(x)^2
+f7(x) = f6(x) + 1
+f8(x) = sin(f7(x))
+f9(x) = f8(x)^2
+f10(x) = f9(x) / 2
+f11(x) = f10(x)^2
+f12(x) = sin(f11(x))
+f13(x) = f12(x) / 2
+f14(x) = f13(x)^2
+f15(x) = sin(f14(x))
+f16(x) = f15(x) / 2
+f17(x) = f16(f16(x))
+f18(x) = f17(f17(x))
+f19(x) = f18(x)^2
+f20(x) = f19(x)^2
+f21(x) = f20(x)^2
+f22(x) = sin(f21(x))
+f23(x) = f22(f22(x))
+f24(x) = f23(x) + 1
+L = f24(w) w
+"""
+
+
+def test_a_hessian_of_doubly_nested_functions_too_big_to_write_out_is_refused():
+    """Found by fuzzing (10 s): f24'' written out has about 200000 operations; it is refused before writing."""
+    with pytest.raises(einmlp.EinmlpError, match="written out"):
+        einmlp.parse(NESTED_DOUBLING).hessian("w").compile()
+
+
+def test_a_user_function_of_a_constant_is_checked_as_a_constant():
+    """Found by fuzzing: g(1) = 0 in `T[k] / g(1)` raised ZeroDivisionError when called."""
+    with pytest.raises(einmlp.NumericError, match="divides by zero"):
+        einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(1)")
+    prog = einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(2)")
+    np.testing.assert_allclose(prog.compile()(T=np.array([1.0, 2.0])), 3.0 / 6.0)
