@@ -149,17 +149,23 @@ def _write(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
-def _random_arrays(prog, shapes: dict, seed: int, trained=()) -> dict:
-    """Standard normal inputs; arrays to be trained start as a network's would (`train --help`)."""
-    unknown = [n for n in shapes if n not in prog.inputs]
+def _input_shapes(prog, args) -> dict:
+    """The program's declared shapes, overridden by --shape; every input with axes must have one."""
+    given = _shapes(args.shape)
+    unknown = [n for n in given if n not in prog.inputs]
     if unknown:
         raise UsageError(f"--shape names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
                          f"not an input (inputs: {', '.join(prog.inputs)})")
+    shapes = {**prog.declared_shapes, **given}
     missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
     if missing:
         raise UsageError(f"give a --shape for {', '.join(missing)}")
-    rng = np.random.default_rng(seed)
-    arrays = {n: rng.standard_normal(shapes.get(n, ())) for n in prog.inputs}
+    return shapes
+
+
+def _random_arrays(prog, args, trained=()) -> dict:
+    """Standard normal inputs; arrays to be trained start as a network's would (`train --help`)."""
+    arrays = prog.example_arrays(args.seed, **_input_shapes(prog, args))
     for name in trained:
         a = arrays[name]
         arrays[name] = a / math.sqrt(a.shape[0]) if a.ndim >= 2 else np.zeros_like(a)
@@ -170,7 +176,7 @@ def check(args) -> int:
     """`einmlp check`: finite differences on random inputs, per --wrt; exit 1 when one disagrees."""
     from .check import check as run_check
     ds = _derivations(args)
-    arrays = _random_arrays(ds[0].program, {**ds[0].program.declared_shapes, **_shapes(args.shape)}, args.seed)
+    arrays = _random_arrays(ds[0].program, args)
     ok = True
     for d in ds:
         result = run_check(d, arrays, tolerance=args.tolerance)
@@ -182,16 +188,7 @@ def check(args) -> int:
 def shapes(args) -> int:
     """`einmlp shapes`: the dimension algebra of each statement."""
     prog = _program(args.file)
-    given = _shapes(args.shape)
-    unknown = [n for n in given if n not in prog.inputs]
-    if unknown:
-        raise UsageError(f"--shape names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
-                         f"not an input (inputs: {', '.join(prog.inputs)})")
-    shapes = {**prog.declared_shapes, **given}
-    missing = [n for n in prog.inputs if n not in shapes and prog.model.inputs[n] > 0]
-    if missing:
-        raise UsageError(f"give a --shape for {', '.join(missing)}")
-    print(prog.shapes(**shapes))
+    print(prog.shapes(**_input_shapes(prog, args)))
     return 0
 
 
@@ -226,7 +223,7 @@ def train(args) -> int:
         raise UsageError(f"--wrt {unknown[0]} is not an input of the program (inputs: {', '.join(prog.inputs)})")
     if args.plot:
         check_plot(args.plot)
-    arrays = _random_arrays(prog, {**prog.declared_shapes, **_shapes(args.shape)}, args.seed, trained=wrt)
+    arrays = _random_arrays(prog, args, trained=wrt)
     report, close = _progress(args.steps)
     try:
         fit = run_train(prog, arrays, wrt, lr=args.lr, steps=args.steps, of=args.of, method=args.method,

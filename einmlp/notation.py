@@ -50,9 +50,10 @@ def walk(expr: Expr):
         stack.extend(children(node))
 
 
-def _factors(expr: Expr) -> list[Expr]:
+def factors(expr: Expr) -> list[Expr]:
+    """The factors of a product, however it is nested."""
     if isinstance(expr, BinOp) and expr.op in ("*", " ", "@"):
-        return _factors(expr.left) + _factors(expr.right)
+        return factors(expr.left) + factors(expr.right)
     return [expr]
 
 
@@ -65,7 +66,7 @@ def crowded(expr: Expr, index: str) -> bool:
     over an enclosing product would be read as a sum inside that inner product instead."""
     for node in walk(expr):
         if isinstance(node, BinOp) and node.op in ("*", " "):
-            if sum(index in _indices(f) for f in _factors(node)) >= 2:
+            if sum(index in _indices(f) for f in factors(node)) >= 2:
                 return True
     return False
 
@@ -85,18 +86,24 @@ def implicit(factors: list[Expr], summed: list[str], span: Span) -> Expr:
     return SumOver(tuple(explicit), body, span) if explicit else body
 
 
+def rebuild(expr: Expr, ref=lambda node: node, op=lambda text: text) -> Expr:
+    """`expr` with every reference replaced by `ref(node)` and every operator by `op(text)`."""
+    if isinstance(expr, Ref):
+        return ref(expr)
+    if isinstance(expr, BinOp):
+        return BinOp(op(expr.op), rebuild(expr.left, ref, op), rebuild(expr.right, ref, op), expr.span)
+    if isinstance(expr, Neg):
+        return Neg(rebuild(expr.operand, ref, op), expr.span)
+    if isinstance(expr, Call):
+        return Call(expr.function, rebuild(expr.arg, ref, op), expr.span)
+    if isinstance(expr, (SumOver, Group, Transpose)):
+        return replace(expr, body=rebuild(expr.body, ref, op))
+    return expr
+
+
 def as_index_ops(expr: Expr) -> Expr:
     """Juxtaposition (and `·`) is a plain product outside matrix notation."""
-    if isinstance(expr, BinOp):
-        op = "*" if expr.op == " " else expr.op
-        return BinOp(op, as_index_ops(expr.left), as_index_ops(expr.right), expr.span)
-    if isinstance(expr, Neg):
-        return Neg(as_index_ops(expr.operand), expr.span)
-    if isinstance(expr, Call):
-        return Call(expr.function, as_index_ops(expr.arg), expr.span)
-    if isinstance(expr, (SumOver, Group, Transpose)):
-        return replace(expr, body=as_index_ops(expr.body))
-    return expr
+    return rebuild(expr, op=lambda text: "*" if text == " " else text)
 
 
 # -- numpy einsum specs --------------------------------------------------------------------
@@ -137,28 +144,20 @@ def einsum(spec: str, operands: list[Expr], span: Span, rank_of) -> tuple[Expr, 
 
 def _with_indices(operand: Expr, term: tuple, spec: str, k: int, span: Span, rank_of) -> Expr:
     """An operand written without indices (`X`, `tanh(X)`, `2*X`) takes its spec letters."""
-    def visit(node):
-        if isinstance(node, Ref):
-            if node.indices:
-                raise _spec_error(spec, f"operand {k} ({expr_text(operand)}) is written with indices; "
-                                  "einsum operands take theirs from the spec", node.span)
-            rank = rank_of(node.name)
-            if rank is not None and rank != len(term):
-                raise _spec_error(spec, f"operand {k} ({node.name}) has {rank} ax{'es' if rank != 1 else 'is'}, "
-                                  f"the spec gives it {len(term)} ({''.join(term) or 'none'})", node.span)
-            return Ref(node.name, term, node.span)
+    for node in walk(operand):
         if isinstance(node, (SumOver, Transpose)):
             raise _spec_error(spec, f"operand {k} must be a name or an elementwise expression of names", node.span)
-        if isinstance(node, BinOp):
-            return BinOp(node.op, visit(node.left), visit(node.right), node.span)
-        if isinstance(node, Neg):
-            return Neg(visit(node.operand), node.span)
-        if isinstance(node, Call):
-            return Call(node.function, visit(node.arg), node.span)
-        if isinstance(node, Group):
-            return Group(visit(node.body), node.span)
-        return node
-    return visit(operand)
+
+    def indexed(node: Ref) -> Ref:
+        if node.indices:
+            raise _spec_error(spec, f"operand {k} ({expr_text(operand)}) is written with indices; "
+                              "einsum operands take theirs from the spec", node.span)
+        rank = rank_of(node.name)
+        if rank is not None and rank != len(term):
+            raise _spec_error(spec, f"operand {k} ({node.name}) has {rank} ax{'es' if rank != 1 else 'is'}, "
+                              f"the spec gives it {len(term)} ({''.join(term) or 'none'})", node.span)
+        return Ref(node.name, term, node.span)
+    return rebuild(operand, indexed)
 
 
 # -- matrix notation -----------------------------------------------------------------------
@@ -357,7 +356,7 @@ class Matrix:
     @staticmethod
     def fresh(dim, taken: set) -> str:
         if isinstance(dim, str):
-            base = dim.lower() if dim.lower() not in ("sum",) else dim.lower() + "_"
+            base = dim.lower()
             if base not in taken:
                 return base
             return next(f"{base}{n}" for n in range(2, 10_000) if f"{base}{n}" not in taken)
@@ -443,7 +442,7 @@ class Notation:
             return (None,) * self.ranks[name]
         return None
 
-    def statement(self, statement: Statement, params: set) -> Statement:
+    def statement(self, statement: Statement) -> Statement:
         expr = statement.expr
         refs = [n for n in walk(expr) if isinstance(n, Ref)]
         indexed = [r for r in refs if r.indices]
@@ -460,14 +459,14 @@ class Notation:
                 raise NotationError("'@' and transposes belong to matrix notation; with indices, a product is "
                                     "juxtaposition and a transpose is swapped indices", _span(matrix_ops[0]),
                                     IndexNotationError)
-            self.refuse_lookalikes(statement, refs, params, near_indexed=True)
+            self.refuse_lookalikes(statement, near_indexed=True)
             result = replace(statement, expr=as_index_ops(expr))
         elif bare_tensors or matrix_ops:
             matrix = Matrix(statement, self.dims_of)
             result = matrix.translate()
             self.dims[statement.name] = matrix.result_dims
         else:
-            self.refuse_lookalikes(statement, refs, params, near_indexed=False)
+            self.refuse_lookalikes(statement, near_indexed=False)
             result = replace(statement, expr=as_index_ops(expr))
         self.note(result)
         return result
@@ -479,18 +478,18 @@ class Notation:
         self.ranks[statement.name] = len(statement.indices)
         self.targets.add(statement.name)
 
-    def refuse_lookalikes(self, statement: Statement, refs, params: set, near_indexed: bool) -> None:
+    def refuse_lookalikes(self, statement: Statement, near_indexed: bool) -> None:
         """Capitalised names without indices in a product next to indexed tensors (or next to
         each other) look like matrices; read as scalars they would silently mean something else."""
         def looks_like_matrix(node):
             return (isinstance(node, Ref) and not node.indices and node.name[:1].isupper()
-                    and node.name not in self.declared and node.name not in self.targets and node.name not in params)
+                    and node.name not in self.declared and node.name not in self.targets)
         for node in walk(statement.expr):
             if not (isinstance(node, BinOp) and node.op in ("*", " ", "@")):
                 continue
-            factors = _factors(node)
-            lookalikes = [f for f in factors if looks_like_matrix(f)]
-            neighbours = lookalikes[1:] + ([f for f in factors if isinstance(f, Ref) and f.indices] if near_indexed
+            members = factors(node)
+            lookalikes = [f for f in members if looks_like_matrix(f)]
+            neighbours = lookalikes[1:] + ([f for f in members if isinstance(f, Ref) and f.indices] if near_indexed
                                            else [])
             if lookalikes and neighbours:
                 names = " ".join(f.name for f in lookalikes)

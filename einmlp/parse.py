@@ -8,7 +8,7 @@ from fractions import Fraction
 
 from . import spelling
 from .errors import ParseError
-from .notation import Notation, NotationError, as_index_ops, crowded, einsum, implicit, walk
+from .notation import Notation, NotationError, as_index_ops, crowded, einsum, factors, implicit, rebuild, walk
 from .syntax import BinOp, Call, Declaration, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Span, Statement, \
     SumOver, Transpose
 
@@ -137,8 +137,9 @@ class _Parser:
     def __init__(self, text: str):
         self.text, self.tokens, self.pos, self.depth = text, tokenize(text), 0, 0
         self.lines = text.split("\n")
-        self.einsum_outputs: dict[int, tuple] = {}  # id of an einsum's expression -> its output letters
-        self.risky_einsums: set[int] = set()  # einsums that must be a whole right-hand side
+        # an einsum's expression by id -> (the expression, its output letters, whether it must be a
+        # whole right-hand side); holding the expression keeps its id from being reused
+        self.einsums: dict[int, tuple] = {}
         self.notation_rank = lambda name: None
 
     # -- token helpers -------------------------------------------------------------------
@@ -198,7 +199,7 @@ class _Parser:
                 functions.append(FunctionDef(item.name, item.param, as_index_ops(item.body), item.span, source))
             else:
                 statement = Statement(item.name, item.indices, item.expr, item.span, source)
-                statements.append(self.noted(notation.statement, statement, set()))
+                statements.append(self.noted(notation.statement, statement))
         return Program(tuple(statements), tuple(functions), tuple(declarations))
 
     def noted(self, method, *args):
@@ -273,11 +274,11 @@ class _Parser:
         self.expect("=", "'=' after the left-hand side")
         expr = self.expr()
         for node in walk(expr):
-            if id(node) in self.risky_einsums and node is not expr:
+            if self.einsum_of(node)[1] and node is not expr:
                 raise self.error("this einsum multiplies names elementwise inside an operand; inside a larger "
                                  "expression its output indices would be summed there: give it its own "
                                  "statement (C = einsum(...)) and use C", node.span)
-        output = self.einsum_outputs.get(id(expr))
+        output = self.einsum_of(expr)[0]
         if output is not None:  # C = einsum("ij,jk->ik", X, W) is C[i,k] = X[i,j] W[j,k]
             if indices and len(indices) != len(output):
                 raise self.error(f"{name.text} has {len(indices)} indices but the einsum gives {len(output)} axes",
@@ -420,10 +421,13 @@ class _Parser:
             operands.append(self.expr())
         self.expect(")", "',' or ')' in einsum(...)")
         expr, output = self.noted(einsum, spec.text[1:-1], operands, spec.span, self.notation_rank)
-        self.einsum_outputs[id(expr)] = output
-        if any(crowded(expr, ch) for ch in output):
-            self.risky_einsums.add(id(expr))
+        self.einsums[id(expr)] = (expr, output, any(crowded(expr, ch) for ch in output))
         return expr
+
+    def einsum_of(self, node: Expr) -> tuple:
+        """(output letters, must be whole) if `node` is an einsum's expression, else (None, False)."""
+        found = self.einsums.get(id(node))
+        return found[1:] if found is not None and found[0] is node else (None, False)
 
     def explicit_sum(self, token: Token) -> SumOver:
         indices = self.index_list()
@@ -441,36 +445,14 @@ class _Parser:
 def _einsum_as_statement(expr: Expr, rename: dict) -> Expr:
     """A whole right-hand side einsum: its letters renamed to the left side's, its sum
     written by the Einstein rule where that reads the same (`C[i,k] = X[i,j] W[j,k]`)."""
-    def renamed(node):
-        if isinstance(node, Ref):
-            return Ref(node.name, tuple(rename.get(i, i) for i in node.indices), node.span)
-        if isinstance(node, BinOp):
-            return BinOp(node.op, renamed(node.left), renamed(node.right), node.span)
-        if isinstance(node, Neg):
-            return Neg(renamed(node.operand), node.span)
-        if isinstance(node, Call):
-            return Call(node.function, renamed(node.arg), node.span)
-        if isinstance(node, (Group, SumOver)):
-            return type(node)(*([node.indices] if isinstance(node, SumOver) else []), renamed(node.body), node.span)
-        return node
-    if rename and set(rename.values()) & _summed_letters(expr) - set(rename):
-        raise ParseError(f"the einsum's summed letters {sorted(_summed_letters(expr))} clash with the left side's "
+    summed = set(expr.indices) if isinstance(expr, SumOver) else set()
+    if rename and set(rename.values()) & summed - set(rename):
+        raise ParseError(f"the einsum's summed letters {sorted(summed)} clash with the left side's "
                          f"indices {sorted(rename.values())}; choose other letters")
-    expr = renamed(expr)
+    expr = rebuild(expr, lambda ref: Ref(ref.name, tuple(rename.get(i, i) for i in ref.indices), ref.span))
     if isinstance(expr, SumOver):
-        factors = _product_factors(expr.body)
-        return implicit(factors, list(expr.indices), expr.span)
+        return implicit(factors(expr.body), list(expr.indices), expr.span)
     return expr
-
-
-def _summed_letters(expr: Expr) -> set:
-    return set(expr.indices) if isinstance(expr, SumOver) else set()
-
-
-def _product_factors(expr: Expr) -> list:
-    if isinstance(expr, BinOp) and expr.op == "*":
-        return _product_factors(expr.left) + [expr.right]
-    return [expr]
 
 
 def _depth(expr: Expr) -> int:

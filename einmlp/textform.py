@@ -67,15 +67,11 @@ def expr_text(expr: Expr, matrix: bool = False) -> str:
     if matrix and expr.op in ("*", "@"):
         return f"{left} {expr.op} {right}"
     if expr.op in ("*", " "):
-        return f"{left}*{right}" if _starts_tight(right) or expr.op == "*" and _is_number(expr.left) \
+        return f"{left}*{right}" if _starts_tight(right) or expr.op == "*" and isinstance(expr.left, Num) \
             else f"{left} {right}"
     if expr.op == "^":
         return f"{left}^{right}"
     return f"{left} {expr.op} {right}"
-
-
-def _is_number(expr: Expr) -> bool:
-    return isinstance(expr, Num)
 
 
 def statement_text(statement: Statement) -> str:
