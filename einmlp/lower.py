@@ -114,7 +114,7 @@ def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset())
     target = [i for i in order if i in unique]
     perm = [unique.index(i) for i in target]
     if perm != list(range(len(perm))):
-        code += ".T" if len(perm) == 2 else f".transpose({tuple(perm)})"
+        code = f"{code}.T" if len(perm) == 2 else f"np.transpose({code}, {tuple(perm)})"
     if target != list(order) and target:
         code += "[" + ", ".join(":" if i in unique else "None" for i in order) + "]"
     return code
@@ -271,7 +271,7 @@ def _matmul(a: tuple, b: tuple, out: tuple) -> str:
 
 def _arranged(var: str, indices: tuple, order: list) -> str:
     perm = tuple(indices.index(i) for i in order)
-    return var if perm == tuple(range(len(perm))) else f"{var}.transpose({perm})"
+    return var if perm == tuple(range(len(perm))) else f"np.transpose({var}, {perm})"
 
 
 def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
@@ -289,7 +289,7 @@ def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
         return ""
     code = f"{_arranged(va, tuple(ia), batch + rows + summed)} @ {_arranged(vb, tuple(ib), batch + summed + cols)}"
     result = batch + rows + cols
-    return code if result == list(out) else f"({code}).transpose({tuple(result.index(i) for i in out)})"
+    return code if result == list(out) else f"np.transpose({code}, {tuple(result.index(i) for i in out)})"
 
 
 _SLOTS: list[sp.Symbol] = []
