@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -12,7 +11,7 @@ import sympy as sp
 
 from . import shapes as shape_stage
 from .adjoint import Backprop, backprop, on_path, path_count, with_statement
-from .codegen import as_array, check_functions, compile_plan, python_source
+from .compiled import Compiled
 from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
 from .grad import RawDerivative, Step, differentiate, entry
@@ -22,87 +21,6 @@ from .render import index_str
 from .summation import check_program
 from .textform import program_text, statement_text
 from .symbolic import ESum, Model, Partial, build_model
-
-
-def _as(value, dtype: np.dtype):
-    """The result in the inputs' float type: a constant or a scalar result must not turn float32 into float64."""
-    return value if getattr(value, "dtype", None) == dtype else np.asarray(value, dtype=dtype)
-
-
-class Compiled:
-    """A compiled function: `fn(**arrays)` or `fn(*arrays)` in the order of its repr.
-
-    Shapes are checked once per shape signature, for every statement the result depends on.
-    """
-
-    def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None,
-                 checks: tuple[str, ...] = ()):
-        self.model, self.plan, self.name = model, plan, name
-        self._functions = check_functions(plan, functions)
-        self._fn = compile_plan(plan)
-        self._needed = tuple(plan.variables)
-        self._checks = checks  # statements to check as well when their inputs are given (the `of`)
-        self._dtypes: dict[tuple, np.dtype] = {}  # shape signature -> the float type of the result
-
-    @property
-    def source(self) -> str:
-        """Standalone Python source of the same computation."""
-        return python_source(self.plan, self.name)
-
-    def _arguments(self, args: tuple, arrays: dict) -> tuple[list, dict]:
-        """The plan's arrays in order, and the other inputs of the program that were given."""
-        names = self.plan.inputs
-        if len(args) > len(names):
-            raise EinmlpError(f"{self.name} takes {len(names)} arrays ({', '.join(names)}), got {len(args)}")
-        given, others = dict(zip(names, args)), {}
-        for name, value in arrays.items():
-            if name in given:
-                raise EinmlpError(f"{self.name} got array {name} both by position and by keyword")
-            if name in names:
-                given[name] = value
-            elif name in self.model.inputs:
-                others[name] = as_array(name, value)
-            else:
-                near = difflib.get_close_matches(name, list(self.model.inputs), n=1)
-                hint = f"; did you mean {near[0]}?" if near else ""
-                raise UnknownNameError(f"{self.name} has no input {name} (inputs: {', '.join(self.model.inputs)})"
-                                       f"{hint}")
-        missing = [n for n in names if n not in given]
-        if missing:
-            raise ShapeError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
-        return [given[n] for n in names], others
-
-    def _check_shapes(self, shapes: dict) -> None:
-        inputs = set(self.model.inputs)
-        names = self._needed + tuple(n for n in self._checks
-                                     if ((self.model.uses.get(n, frozenset()) | {n}) & inputs) <= shapes.keys())
-        try:
-            shape_stage.bind_needed(self.model, shapes, names)
-        except ShapeError as exc:
-            hint = shape_stage.reuse_hint(self.model)
-            raise ShapeError(f"{exc}{'; ' + hint if hint else ''}") from None
-
-    def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
-        args, others = self._arguments(args, arrays)
-        for k, a in enumerate(args):
-            if type(a) is not np.ndarray or a.dtype.kind != "f":
-                args[k] = as_array(self.plan.inputs[k], a)
-        key = tuple([(a.shape, a.dtype) for a in args]) + tuple((n, a.shape) for n, a in others.items())
-        dtype = self._dtypes.get(key)
-        if dtype is None:
-            self._check_shapes({**{n: a.shape for n, a in zip(self.plan.inputs, args)},
-                                **{n: a.shape for n, a in others.items()}})
-            given = [a.dtype for a in args] + [a.dtype for a in others.values()]
-            dtype = self._dtypes[key] = np.result_type(*given) if given else np.dtype(float)
-        if self.plan.abstract:
-            args.append(self._functions)
-        result = self._fn(*args)
-        if isinstance(result, dict):
-            return {k: _as(v, dtype) for k, v in result.items()}
-        return _as(result, dtype)
-
-    def __repr__(self) -> str:
-        return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"
 
 
 class Program:
@@ -174,13 +92,17 @@ class Program:
         return Derivation(self, self._of(of), wrt, base=self.grad(wrt, of))
 
     @guarded
-    def compile(self, of: str | None = None, functions: dict | None = None) -> Compiled:
-        """The forward value of `of` (default: the last statement) as `fn(**arrays)`."""
+    def compile(self, of: str | None = None, functions: dict | None = None, backend: str | None = None) -> Compiled:
+        """The forward value of `of` (default: the last statement) as `fn(**arrays)`.
+
+        `backend` ("numpy", "torch", "jax", "dask", "cupy") pins the array library; by
+        default each call computes with the library of the arrays it is given.
+        """
         of = self._of(of)
         lowerer = Lowerer(self.model)
         lowerer.need(of)
         plan = lowerer.plan({"": lowerer.var_of(of)})
-        return Compiled(self.model, plan, f"forward_{of}", functions)
+        return Compiled(self.model, plan, f"forward_{of}", functions, backend=backend)
 
     @property
     def text_form(self) -> str:
@@ -405,13 +327,13 @@ class Derivation:
         return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
     @guarded
-    def compile(self, functions: dict | None = None) -> Compiled:
-        """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape`."""
-        key = tuple(sorted((functions or {}).items(), key=lambda kv: kv[0]))
+    def compile(self, functions: dict | None = None, backend: str | None = None) -> Compiled:
+        """The derivative as `fn(**arrays)`, an array shaped `of.shape + wrt.shape` (backends: see Program.compile)."""
+        key = (backend, *sorted((functions or {}).items(), key=lambda kv: kv[0]))
         cache = self.__dict__.setdefault("_compile_cache", {})
         if key not in cache:
             cache[key] = Compiled(self.model, self.plan, "d" + self.of + "_d" + self.wrt, functions,
-                                  checks=(self.of, self.wrt))
+                                  checks=(self.of, self.wrt), backend=backend)
         return cache[key]
 
     def differentiated(self, functions: dict | None = None):
@@ -467,9 +389,10 @@ class Gradients:
         return lowerer.plan(outputs)
 
     @guarded
-    def compile(self, functions: dict | None = None) -> Compiled:
-        """One function returning {name: gradient}, computing shared work once."""
-        return Compiled(self.backprop.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt))
+    def compile(self, functions: dict | None = None, backend: str | None = None) -> Compiled:
+        """One function returning {name: gradient}, computing shared work once (backends: see Program.compile)."""
+        return Compiled(self.backprop.model, self.plan, "grads_" + self.of, functions, checks=(self.of, *self.wrt),
+                        backend=backend)
 
     def differentiated(self, functions: dict | None = None):
         return self.program.compile(self.of, functions)

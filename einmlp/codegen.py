@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import opt_einsum as oe
 
-from .errors import EinmlpError, ShapeError, UnknownNameError
+from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
 from .lower import EinsumPlan
 
@@ -56,9 +56,8 @@ def _ipow(x, n):
     return result
 
 
-RUNTIME = {"np": np, "_full": _full, "_arange": _arange, "_equal": _equal, "_ipow": _ipow}
-
-# the standalone source carries the same helpers, read from this module
+# the standalone source carries its numpy helpers, read from this module (compiled functions
+# get theirs, for their float type and device, from backends.py)
 _HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow))
 
 
@@ -100,13 +99,15 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     return body
 
 
-def compile_plan(plan: EinsumPlan):
-    """The plan as a Python function taking the input arrays positionally."""
+def compile_plan(plan: EinsumPlan) -> Callable[[dict], Callable]:
+    """The plan compiled once, as `make(runtime)`: its function over the globals `runtime`.
+
+    Each backend (and float type) runs the same code object with its own `np` and helpers.
+    """
     name = "_compute"
     source = python_source(plan, name, standalone=False)
-    namespace = dict(RUNTIME)
-    namespace.update({f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
-                      if eq.op == "einsum" and not eq.code})
+    contractions = {f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
+                    if eq.op == "einsum" and not eq.code}
     # The source is generated from the checked plan: every name in it is an identifier the
     # parser accepted (mangled away from Python's keywords) or one of ours, every number is
     # printed from a sympy number, and it has no comments. No user text reaches it.
@@ -115,21 +116,12 @@ def compile_plan(plan: EinsumPlan):
     except (SyntaxError, RecursionError, MemoryError):  # e.g. more than 200 nested parentheses
         raise EinmlpError("the generated code is nested too deeply for Python to compile; "
                           "write some nested functions as statements") from None
-    exec(code, namespace)  # safe: generated from the checked plan
-    return namespace[name]
 
-
-def as_array(name: str, value) -> np.ndarray:
-    """Numpy view of an input, as float64 unless it is already floating point."""
-    try:
-        array = np.asarray(value)
-    except Exception as exc:  # an object numpy cannot take
-        raise ShapeError(f"input {name} is not an array: {exc}") from None
-    if array.dtype.kind not in "fc":
-        if array.dtype.kind not in "biu":
-            raise ShapeError(f"input {name} has dtype {array.dtype}, expected numbers")
-        array = array.astype(float)
-    return array
+    def make(runtime: dict) -> Callable:
+        namespace = {**runtime, **contractions}
+        exec(code, namespace)  # safe: generated from the checked plan
+        return namespace[name]
+    return make
 
 
 def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:

@@ -183,6 +183,11 @@ class _Printer:
             return str(int(e))
         if e.is_Number or isinstance(e, sp.NumberSymbol):
             return _float(e)
+        if e.is_number and not e.has(UserFunction):  # sqrt(2), log(3): one float, as every array library takes it
+            try:
+                return _float(e)
+            except TypeError:  # complex
+                pass
         if isinstance(e, sp.Add):
             return self.add(e)
         if isinstance(e, sp.Mul):

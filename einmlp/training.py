@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import EinmlpError, EinmlpWarning, UnknownNameError, guarded
+from .compiled import Compiled
 from .lower import Lowerer, output
 
 METHODS = ("sgd", "momentum", "adam")
@@ -53,11 +54,10 @@ class ValueAndGrad:
         return cache["_plan"]
 
     @guarded
-    def compile(self, functions: dict | None = None) -> Callable:
-        """`vg(**arrays) -> (value, {name: gradient})`, one pass over the program."""
-        from .api import Compiled
+    def compile(self, functions: dict | None = None, backend: str | None = None) -> Callable:
+        """`vg(**arrays) -> (value, {name: gradient})`, one pass over the program (backends: see Program.compile)."""
         fn = Compiled(self.gradients.backprop.model, self.plan, "value_and_grad_" + self.of, functions,
-                      checks=(self.of, *self.wrt))
+                      checks=(self.of, *self.wrt), backend=backend)
 
         def value_and_grad(*args, **arrays):
             results = fn(*args, **arrays)

@@ -1,0 +1,124 @@
+"""`Compiled`: a plan's function, bound to its inputs' names, shapes and array library.
+
+Everything that depends on a call's signature (its backend, shapes, float type and
+device) is settled once per signature: the shape check, the float type, and the
+function built for that backend. A call with a signature seen before only binds its
+arguments and runs the arithmetic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+
+import numpy as np
+
+from . import backends
+from . import shapes as shape_stage
+from .codegen import check_functions, compile_plan, python_source
+from .errors import EinmlpError, ShapeError, UnknownNameError
+from .lower import EinsumPlan
+from .symbolic import Model
+
+
+def _shape(value) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+
+
+class Compiled:
+    """A compiled function: `fn(**arrays)` or `fn(*arrays)` in the order of its repr.
+
+    It computes with the library of the arrays it is given (numpy, torch, jax, dask or
+    cupy) and returns that library's arrays in their float type; `backend=` pins one, and
+    arrays of another library are converted to it. Shapes are checked once per shape
+    signature, for every statement the result depends on.
+    """
+
+    def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None,
+                 checks: tuple[str, ...] = (), backend: str | None = None):
+        self.model, self.plan, self.name = model, plan, name
+        self.backend = None if backend is None else backends.named(backend)
+        self._functions = check_functions(plan, functions)
+        self._make = compile_plan(plan)
+        self._needed = tuple(plan.variables)
+        self._checks = checks  # statements to check as well when their inputs are given (the `of`)
+        self._signatures: dict[tuple, tuple] = {}  # call signature -> (backend, float type, function)
+        self._functions_for: dict[tuple, object] = {}  # (backend, float type, device) -> function
+
+    @property
+    def source(self) -> str:
+        """Standalone Python source of the same computation (numpy)."""
+        return python_source(self.plan, self.name)
+
+    def _arguments(self, args: tuple, arrays: dict) -> tuple[list, dict]:
+        """The plan's arrays in order, and the other inputs of the program that were given."""
+        names = self.plan.inputs
+        if len(args) > len(names):
+            raise EinmlpError(f"{self.name} takes {len(names)} arrays ({', '.join(names)}), got {len(args)}")
+        given, others = dict(zip(names, args)), {}
+        for name, value in arrays.items():
+            if name in given:
+                raise EinmlpError(f"{self.name} got array {name} both by position and by keyword")
+            if name in names:
+                given[name] = value
+            elif name in self.model.inputs:
+                others[name] = value
+            else:
+                near = difflib.get_close_matches(name, list(self.model.inputs), n=1)
+                hint = f"; did you mean {near[0]}?" if near else ""
+                raise UnknownNameError(f"{self.name} has no input {name} (inputs: {', '.join(self.model.inputs)})"
+                                       f"{hint}")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise ShapeError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        return [given[n] for n in names], others
+
+    def _check_shapes(self, shapes: dict) -> None:
+        inputs = set(self.model.inputs)
+        names = self._needed + tuple(n for n in self._checks
+                                     if ((self.model.uses.get(n, frozenset()) | {n}) & inputs) <= shapes.keys())
+        try:
+            shape_stage.bind_needed(self.model, shapes, names)
+        except ShapeError as exc:
+            hint = shape_stage.reuse_hint(self.model)
+            raise ShapeError(f"{exc}{'; ' + hint if hint else ''}") from None
+
+    def _bind(self, args: list, others: dict) -> tuple[backends.Backend, list]:
+        """The backend for this call, and the arguments as its arrays."""
+        backend = self.backend
+        if backend is None:
+            if all(type(a) is np.ndarray and a.dtype.kind == "f" for a in args) and \
+                    all(isinstance(a, (np.ndarray, list, int, float)) for a in others.values()):
+                return backends.NUMPY, args  # the common case, decided without looking further
+            backend = backends.of([*args, *others.values()])
+        device = backend.device([a for a in args if backend.owns(a)])
+        return backend, [backend.asarray(n, a, device) for n, a in zip(self.plan.inputs, args)]
+
+    def _function(self, backend: backends.Backend, dtype, device):
+        key = (backend.name, dtype, device)
+        fn = self._functions_for.get(key)
+        if fn is None:
+            fn = self._make(backend.runtime(dtype, device))
+            if self.plan.abstract:
+                fn = functools.partial(fn, _functions=self._functions)
+            fn = self._functions_for[key] = backend.wrap(fn)
+        return fn
+
+    def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
+        args, others = self._arguments(args, arrays)
+        backend, args = self._bind(args, others)
+        key = (backend.name, *[backend.signature(a) for a in args], *[(n, _shape(a)) for n, a in others.items()])
+        entry = self._signatures.get(key)
+        if entry is None:
+            self._check_shapes({**{n: _shape(a) for n, a in zip(self.plan.inputs, args)},
+                                **{n: _shape(a) for n, a in others.items()}})
+            dtype = backend.float_type(args)
+            entry = self._signatures[key] = (dtype, self._function(backend, dtype, backend.device(args)))
+        dtype, fn = entry
+        result = fn(*args)
+        if isinstance(result, dict):
+            return {k: backend.result(v, dtype) for k, v in result.items()}
+        return backend.result(result, dtype)
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"
