@@ -36,6 +36,7 @@ class Backend:
 
     name = "numpy"
     module = "numpy"
+    fused = False  # whether it runs the plan's fused kernels (fusion.py)
 
     @functools.cached_property
     def lib(self):
@@ -72,7 +73,7 @@ class Backend:
         return array.astype(dtype)
 
     def kind(self, dtype) -> str:
-        """numpy's one-letter kind of a dtype: f float, c complex, i/u/b integers and bools."""
+        """The one-letter kind of a dtype, as numpy spells it: f float, c complex, i/u/b integers and bools."""
         return np.dtype(dtype).kind
 
     @property
@@ -240,7 +241,19 @@ class Cupy(Backend):
     name = module = "cupy"
 
 
-BACKENDS = {b.name: b for b in (Backend(), Torch(), Jax(), Dask(), Cupy())}
+class Numba(Backend):
+    """numpy arrays, with every elementwise expression of more than one operation one numba kernel."""
+
+    name = "numba"
+    module = "numpy"
+    fused = True
+
+    def wrap(self, fn):
+        importlib.import_module("numba")  # a clear error if it is missing, not a failed kernel import
+        return fn
+
+
+BACKENDS = {b.name: b for b in (Backend(), Numba(), Torch(), Jax(), Dask(), Cupy())}
 NUMPY = BACKENDS["numpy"]
 
 

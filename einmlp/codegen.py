@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import opt_einsum as oe
 
+from . import fusion
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
 from .lower import EinsumPlan
@@ -99,15 +100,24 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     return body
 
 
-def compile_plan(plan: EinsumPlan) -> Callable[[dict], Callable]:
+def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Callable] | None:
     """The plan compiled once, as `make(runtime)`: its function over the globals `runtime`.
 
     Each backend (and float type) runs the same code object with its own `np` and helpers.
+    `fused=True` compiles the plan with its elementwise expressions as numba kernels
+    (fusion.py); None if it has none.
     """
     name = "_compute"
     source = python_source(plan, name, standalone=False)
     contractions = {f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
                     if eq.op == "einsum" and not eq.code}
+    kernels = {}
+    if fused:
+        rewritten = fusion.fuse(source, set(plan.outputs.values()))
+        if rewritten is None:
+            return None
+        source, module = rewritten
+        kernels = fusion.load_kernels(module)
     # The source is generated from the checked plan: every name in it is an identifier the
     # parser accepted (mangled away from Python's keywords) or one of ours, every number is
     # printed from a sympy number, and it has no comments. No user text reaches it.
@@ -118,7 +128,7 @@ def compile_plan(plan: EinsumPlan) -> Callable[[dict], Callable]:
                           "write some nested functions as statements") from None
 
     def make(runtime: dict) -> Callable:
-        namespace = {**runtime, **contractions}
+        namespace = {**runtime, **contractions, **kernels}
         exec(code, namespace)  # safe: generated from the checked plan
         return namespace[name]
     return make

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from . import backends
+from . import backends, fusion
 from . import shapes as shape_stage
 from .codegen import check_functions, compile_plan, python_source
 from .errors import EinmlpError, ShapeError, UnknownNameError
@@ -30,7 +30,9 @@ class Compiled:
 
     It computes with the library of the arrays it is given (numpy, torch, jax, dask or
     cupy) and returns that library's arrays in their float type; `backend=` pins one, and
-    arrays of another library are converted to it. Shapes are checked once per shape
+    arrays of another library are converted to it. On numpy arrays of `fusion.FUSE_FROM`
+    elements or more, with numba installed, elementwise expressions run as fused kernels
+    (`backend="numba"` always, `backend="numpy"` never). Shapes are checked once per shape
     signature, for every statement the result depends on.
     """
 
@@ -94,11 +96,24 @@ class Compiled:
         device = backend.device([a for a in args if backend.owns(a)])
         return backend, [backend.asarray(n, a, device) for n, a in zip(self.plan.inputs, args)]
 
-    def _function(self, backend: backends.Backend, dtype, device):
-        key = (backend.name, dtype, device)
+    def _fuses(self, backend: backends.Backend, args: list, dtype) -> bool:
+        """Whether this signature runs the fused kernels: pinned, or numpy arrays from FUSE_FROM elements."""
+        if dtype not in (np.float32, np.float64):
+            return False
+        return backend.fused or (backend is backends.NUMPY and self.backend is None and fusion.available()
+                                 and sum(a.size for a in args) >= fusion.FUSE_FROM)
+
+    def _fused_make(self):
+        if "_fused" not in self.__dict__:
+            self._fused = compile_plan(self.plan, fused=True)  # None: no expression to fuse
+        return self._fused
+
+    def _function(self, backend: backends.Backend, dtype, device, fused: bool = False):
+        key = (backend.name, dtype, device, fused)
         fn = self._functions_for.get(key)
         if fn is None:
-            fn = self._make(backend.runtime(dtype, device))
+            make = (fused and self._fused_make()) or self._make
+            fn = make(backend.runtime(dtype, device))
             if self.plan.abstract:
                 fn = functools.partial(fn, _functions=self._functions)
             fn = self._functions_for[key] = backend.wrap(fn)
@@ -113,7 +128,8 @@ class Compiled:
             self._check_shapes({**{n: _shape(a) for n, a in zip(self.plan.inputs, args)},
                                 **{n: _shape(a) for n, a in others.items()}})
             dtype = backend.float_type(args)
-            entry = self._signatures[key] = (dtype, self._function(backend, dtype, backend.device(args)))
+            fused = self._fuses(backend, args, dtype)
+            entry = self._signatures[key] = (dtype, self._function(backend, dtype, backend.device(args), fused))
         dtype, fn = entry
         result = fn(*args)
         if isinstance(result, dict):

@@ -1,0 +1,124 @@
+"""Fused numba kernels (einmlp/fusion.py): the same numbers as plain numpy, one pass per elementwise
+chain, compiled once per plan and cached on disk, and used only where they pay.
+
+The numpy results are checked against finite differences and autograd in test_derivations.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+
+import numpy as np
+import pytest
+from conftest import DERIVATIONS, article_arrays
+from test_derivations import directives
+
+import einmlp
+from einmlp import fusion
+from einmlp.codegen import python_source
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                reason="numba is not installed (pip install numba): fused kernels are not tested")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EINMLP_CACHE", str(tmp_path_factory.getbasetemp() / "einmlp-cache"))
+
+
+def _same(result, expected, rtol=1e-12):
+    result = result if isinstance(result, dict) else {"": result}
+    expected = expected if isinstance(expected, dict) else {"": expected}
+    for name, value in expected.items():
+        assert result[name].dtype == value.dtype, name
+        scale = max(1.0, float(np.max(np.abs(value))))
+        np.testing.assert_allclose(result[name], value, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("path", sorted(DERIVATIONS.glob("*.ein")), ids=lambda p: p.stem)
+def test_every_derivation_gives_the_same_numbers_fused(path):
+    prog = einmlp.load(path)
+    d = directives(path)
+    rng = np.random.default_rng(5)
+    arrays = {name: rng.standard_normal(d["shapes"][name]) * 0.5 for name in prog.inputs}
+    targets = [prog.grad(d["derive"])] + [prog.hessian(w) for w in d["hessian"]]
+    for target in targets:
+        plain, fused = target.compile(backend="numpy"), target.compile(backend="numba")
+        _same(fused(**arrays), plain(**arrays))
+        f32 = {n: a.astype(np.float32) for n, a in arrays.items()}
+        _same(fused(**f32), plain(**f32), rtol=2e-4)  # float32 in, float32 out, no float64 inside
+
+
+PROGRAMS = {
+    "activations": ("Z[b,k] = X[b,j] W[j,k]\n"
+                    "L = sum[b,k](relu(Z[b,k]) + sigmoid(Z[b,k]) * softplus(-Z[b,k]) + abs(Z[b,k])^3)", "W"),
+    "division and roots": ("Z[b,k] = X[b,j] W[j,k]\nL = sum[b,k](sqrt(1 + Z[b,k]^2) / (2 + tanh(Z[b,k])))", "W"),
+    "a length in the kernel": ("p(t) = 2 t\nL = sum[b](p(X[b,j] W[j,k] - c[k]))", "c"),
+    "sin, cos, exp, log": ("Z[b,k] = X[b,j] W[j,k]\nL = sum[b,k](sin(Z[b,k]) cos(Z[b,k]) + log(1 + exp(Z[b,k])))", "W"),
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_each_function_fuses_like_numpy(name):
+    text, wrt = PROGRAMS[name]
+    prog = einmlp.parse(text)
+    rng = np.random.default_rng(1)
+    arrays = {"X": rng.standard_normal((64, 3)), "W": rng.standard_normal((3, 5)), "c": rng.standard_normal(5)}
+    arrays = {n: arrays[n] for n in prog.inputs}
+    d = prog.grad(wrt)
+    assert fusion.fuse(python_source(d.plan, "_compute", standalone=False), set(d.plan.outputs.values()))
+    _same(d.compile(backend="numba")(**arrays), d.compile(backend="numpy")(**arrays))
+    _same(prog.compile(backend="numba")(**arrays), prog.compile(backend="numpy")(**arrays))
+
+
+def test_the_articles_elementwise_chain_is_one_kernel_without_temporaries():
+    """Ytilde, 2 Ytilde and Cbar are one pass: none of them is stored."""
+    g = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
+    source, kernels = fusion.fuse(python_source(g.plan, "_compute", standalone=False), set(g.plan.outputs.values()))
+    stored = {s.targets[0].id for s in ast.parse(source).body[0].body if isinstance(s, ast.Assign)}
+    assert not stored & {"Ytilde", "Ytildebar", "Yhat", "_t7"}, source
+    assert "Cbar" in stored  # read twice: by dW1's chain and by dW2
+    assert source.count("_k") >= 2 and kernels.count("@vectorize") >= 2
+
+
+def test_kernel_modules_hold_only_generated_names():
+    """Nothing of a program's text but its checked names reaches the kernel module: here not even those."""
+    allowed = {"np", "vectorize", "numpy", "numba"} | {f"a{k}" for k in range(100)} | {f"_k{k}" for k in range(100)}
+    for path in sorted(DERIVATIONS.glob("*.ein")):
+        prog = einmlp.load(path)
+        g = prog.grad(directives(path)["derive"])
+        fused = fusion.fuse(python_source(g.plan, "_compute", standalone=False), set(g.plan.outputs.values()))
+        if fused:
+            names = {n.id for n in ast.walk(ast.parse(fused[1])) if isinstance(n, ast.Name)}
+            assert names <= allowed, names - allowed
+
+
+def test_small_calls_run_plain_numpy_and_large_ones_fused(monkeypatch):
+    g = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
+    fn = g.compile()
+    small = article_arrays(batch=10)
+    fn(**small)
+    assert [fused for (*_, fused) in fn._functions_for] == [False]
+    big = article_arrays(batch=fusion.FUSE_FROM // 4 + 1)
+    _same(fn(**big), g.compile(backend="numpy")(**big))
+    assert sorted(fused for (*_, fused) in fn._functions_for) == [False, True]
+    assert not any(fused for (*_, fused) in g.compile(backend="numpy")._functions_for)
+
+
+def test_kernels_are_cached_on_disk_and_a_changed_file_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINMLP_CACHE", str(tmp_path))
+    prog = einmlp.parse("Z[b,k] = X[b,j] W[j,k]\nL = sum[b,k](tanh(Z[b,k])^2 + 0.25 * Z[b,k])")
+    g = prog.grad("W")
+    _, module = fusion.fuse(python_source(g.plan, "_compute", standalone=False), set(g.plan.outputs.values()))
+    files = list((tmp_path / "kernels").glob("einmlp_kernels_*.py")) if (tmp_path / "kernels").exists() else []
+    assert not files
+    arrays = {"X": np.ones((4, 3)), "W": np.ones((3, 2))}
+    g.compile(backend="numba")(**arrays)
+    (file,) = (tmp_path / "kernels").glob("einmlp_kernels_*.py")
+    assert file.read_text() == module
+    file.write_text("raise SystemExit('not einmlp code')\n")  # someone changed it: written again, then imported
+    import sys
+    sys.modules.pop(file.stem, None)
+    _same(prog.grad("W").compile(backend="numba")(**arrays), g.compile(backend="numpy")(**arrays))
+    assert file.read_text() == module
