@@ -96,7 +96,7 @@ class Backend:
         xp = self.namespace
 
         def _full(shape, value):
-            if getattr(value, "ndim", 0):
+            if hasattr(value, "ndim"):  # an array, maybe 0-d (a lazy dask scalar is not a fill value)
                 return xp.broadcast_to(value, shape).astype(dtype)  # a fresh array, as astype copies
             return xp.full(shape, value, dtype=dtype)
 
@@ -176,7 +176,7 @@ class Torch(Backend):
         torch = self.lib
 
         def _full(shape, value):
-            if isinstance(value, torch.Tensor) and value.ndim:
+            if isinstance(value, torch.Tensor):  # 0-d too: float() would cut it out of torch's graph
                 return value.expand(shape).to(dtype).clone()
             return torch.full(shape, float(value), dtype=dtype, device=device)
 

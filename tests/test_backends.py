@@ -189,3 +189,32 @@ def test_cupy_on_a_gpu():
     result = fn(**{n: cupy.asarray(a) for n, a in arrays.items()})
     assert all(isinstance(v, cupy.ndarray) for v in result.values())
     _same({n: cupy.asnumpy(v) for n, v in result.items()}, fn(**arrays))
+
+
+RANDOM_PROGRAMS = 40
+
+
+@pytest.mark.parametrize("library", ["torch", "jax", "dask", "numba"])
+def test_random_programs_give_numpys_numbers_on_each_library(library):
+    """Random well-formed programs (tests/programs.py): each library gives the numpy backend's derivative."""
+    from test_programs import case
+
+    _jax() if library == "jax" else _library(library)
+    convert = TO.get(library, lambda a: a)
+    back = BACK.get(library, np.asarray)
+    compared = 0
+    for seed in range(RANDOM_PROGRAMS):
+        generated, arrays, of, wrt, order = case(seed)
+        try:
+            prog = einmlp.parse(generated.source)
+            d = prog.hessian(wrt, of=of) if order == 2 else prog.grad(wrt, of=of)
+            expected = d.compile(backend="numpy")(**arrays)
+        except einmlp.EinmlpError:
+            continue  # refused programs are test_programs.py's business
+        if not np.all(np.isfinite(expected)):
+            continue
+        fn = d.compile(backend="numba") if library == "numba" else d.compile()
+        value = back(fn(**{n: convert(a) for n, a in arrays.items()}))
+        _same({f"seed {seed}": value}, {f"seed {seed}": np.asarray(expected)})
+        compared += 1
+    assert compared >= RANDOM_PROGRAMS // 2
