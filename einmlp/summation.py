@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import IndexNotationError, ParseError, UnknownNameError
+from .errors import EinmlpError, IndexNotationError, ParseError, UnknownNameError
 from .functions import BUILTINS, near_builtin
 from .syntax import BinOp, Call, Expr, FunctionDef, Group, Neg, Num, Program, Ref, Statement, SumOver
 
@@ -328,11 +328,11 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
         depth[definition.name] = 1 + max(calls, default=0)
         sizes[definition.name] = _written(definition.body, definition.param, sizes)
         if sum(sizes[definition.name]) > MAX_FUNCTION_SIZE:
-            raise UnknownNameError(f"function {definition.name} grows to more than {MAX_FUNCTION_SIZE} operations "
+            raise EinmlpError(f"function {definition.name} grows to more than {MAX_FUNCTION_SIZE} operations "
                                    f"when its calls are written out; write some of them as statements "
                                    f"(in `{definition.source}`)")
         if depth[definition.name] > MAX_FUNCTION_DEPTH:
-            raise UnknownNameError(f"function {definition.name} calls functions nested more than {MAX_FUNCTION_DEPTH} "
+            raise EinmlpError(f"function {definition.name} calls functions nested more than {MAX_FUNCTION_DEPTH} "
                                    f"deep; write some of them as statements (in `{definition.source}`)")
         defined.add(definition.name)
     return defined

@@ -82,7 +82,10 @@ BAD_SOURCES = [
     ("L = sum(x[i])", UnknownNameError, "sum[i](x[i])"),
     # functions nested too deeply to differentiate
     ("\n".join(["f0(x) = x^2"] + [f"f{k}(x) = f{k - 1}(x) + 1" for k in range(1, 40)] + ["L = f39(y)"]),
-     UnknownNameError, "nested more than"),
+     EinmlpError, "nested more than"),
+    # a function that doubles at each level: refused for its size, which is no unknown name
+    ("\n".join(["g0(x) = x^2"] + [f"g{k}(x) = g{k - 1}(g{k - 1}(x))" for k in range(1, 14)] + ["L = g13(y)"]),
+     EinmlpError, "grows to more than"),
 ]
 
 
@@ -91,7 +94,7 @@ def test_bad_source(source, error, word):
     with pytest.raises(error) as info:
         einmlp.parse(source)
     assert word in str(info.value)
-    assert isinstance(info.value, EinmlpError)
+    assert type(info.value) is error  # the class says what kind of mistake it is
 
 
 def test_parse_error_has_line_column_and_caret():
