@@ -87,16 +87,14 @@ class Compiled:
             hint = shape_stage.reuse_hint(self.model)
             raise ShapeError(f"{exc}{'; ' + hint if hint else ''}") from None
 
-    def _bind(self, args: list, others: dict) -> tuple[backends.Backend, list]:
-        """The backend for this call, and the arguments as its arrays."""
+    def _bind(self, args: list, others: dict) -> tuple[backends.Backend, list, dict]:
+        """The backend for this call, and the arguments (and the other inputs given) as its arrays."""
         backend = self.backend
         if backend is None:
-            if all(type(a) is np.ndarray and a.dtype.kind == "f" for a in args) and \
-                    all(isinstance(a, (np.ndarray, list, int, float)) for a in others.values()):
-                return backends.NUMPY, args  # the common case, decided without looking further
             backend = backends.of([*args, *others.values()])
-        device = backend.device([a for a in args if backend.owns(a)])
-        return backend, [backend.asarray(n, a, device) for n, a in zip(self.plan.inputs, args)]
+        device = backend.device([a for a in [*args, *others.values()] if backend.owns(a)])
+        return (backend, [backend.asarray(n, a, device) for n, a in zip(self.plan.inputs, args)],
+                {n: backend.asarray(n, a, device) for n, a in others.items()})
 
     def _fuses(self, backend: backends.Backend, args: list, dtype) -> bool:
         """Whether this signature runs the fused kernels: pinned, or numpy arrays from FUSE_FROM elements."""
@@ -130,13 +128,14 @@ class Compiled:
                 if run is not None:
                     return run(given)
         args, others = self._arguments(args, arrays)
-        backend, args = self._bind(args, others)
-        key = (backend.name, *[backend.signature(a) for a in args], *[(n, _shape(a)) for n, a in others.items()])
+        backend, args, others = self._bind(args, others)
+        key = (backend.name, *[backend.signature(a) for a in args],
+               *[(n, *backend.signature(a)) for n, a in others.items()])
         entry = self._signatures.get(key)
         if entry is None:
             self._check_shapes({**{n: _shape(a) for n, a in zip(self.plan.inputs, args)},
                                 **{n: _shape(a) for n, a in others.items()}})
-            dtype = backend.float_type(args)
+            dtype = backend.float_type([*args, *others.values()])  # `L = x[i] 0` reads no array, yet is x's type
             fused = self._fuses(backend, args, dtype)
             entry = self._signatures[key] = (dtype, self._function(backend, dtype, backend.device(args), fused))
         dtype, fn = entry

@@ -10,7 +10,9 @@ Input generation:
 - `Mutator`: token-level mutations of the programs in `derivations/*.ein`.
 - `FIXED_INPUTS`: the hand-picked nasty inputs, run first in every campaign.
 
-Driver: each input runs in a worker subprocess (one at a time) under a wall-clock limit:
+Driver: each input runs in a worker subprocess (one at a time) under a limit on its CPU time
+(so a loaded machine does not turn slow inputs into hangs; a worker blocked without using
+the CPU is stopped by the driver at three times the limit of wall-clock time):
 parse -> forward value of the targets -> for each input name grad (sometimes hessian,
 several-at-once `grad([...])`, the display forms and `einmlp.check`) -> compile -> call on
 random arrays of consistent shapes -> compare with central finite differences of the
@@ -19,7 +21,7 @@ compiled forward value. Each input is classified as
     OK         everything ran (or numbers were non-finite, so nothing could be compared)
     ERROR      a clean `einmlp.EinmlpError` (expected for broken input)
     INTERNAL   any other exception (type, message and traceback tail are recorded)
-    HANG       the input ran longer than the limit
+    HANG       the input used more CPU time than the limit
     WRONG      a compiled (second) derivative disagrees with finite differences, or a value's
                shape differs from its left-hand side's (or the derivative's) shape
     CODE-EXEC  the input made a marker file appear (user text reached exec)
@@ -598,7 +600,7 @@ FIXED_INPUTS = [
 # ---------------------------------------------------------------------------------------
 
 class Hang(BaseException):
-    """Raised by SIGALRM inside the worker; a BaseException so `except Exception` cannot eat it."""
+    """Raised by SIGPROF (the CPU-time limit) inside the worker; a BaseException so `except Exception` cannot eat it."""
 
 
 class _Wrong(Exception):
@@ -955,11 +957,11 @@ def worker_main(time_limit: float, memory_gb: float) -> None:
     def on_alarm(signum, frame):
         raise Hang()
 
-    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPROF, on_alarm)  # CPU time of the process, all threads
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         job = json.loads(line)
-        signal.setitimer(signal.ITIMER_REAL, time_limit)
+        signal.setitimer(signal.ITIMER_PROF, time_limit)
         try:
             result = evaluate(job["text"], job["seed"])
         except Hang:
@@ -971,7 +973,7 @@ def worker_main(time_limit: float, memory_gb: float) -> None:
                                                          "frame": _innermost_einmlp_frame(exc.__traceback__),
                                                          "traceback": _tb_tail(exc.__traceback__)}}
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
         out.write(json.dumps(result) + "\n")
 
 
@@ -1026,7 +1028,7 @@ class Runner:
         try:
             self.proc.stdin.write(json.dumps({"text": real, "seed": seed}) + "\n")
             self.proc.stdin.flush()
-            line = self._readline(self.time_limit + 5)
+            line = self._readline(3 * self.time_limit + 5)
         except (BrokenPipeError, OSError):
             line = None
         elapsed = time.monotonic() - t0
