@@ -233,6 +233,29 @@ def runtime() -> None:
     theirs = median_seconds(step)
     print(f"einmlp / torch autograd (float64, same process): {ours / theirs:.2f}  "
           f"(largest relative difference of the gradients: {worst:.1e})")
+    grads = einmlp.parse(transformer(64)).grad(TRANSFORMER_WEIGHTS)
+    variants = {"einmlp fused (numba)": (grads.compile(backend="numba"), arrays)}
+    variants["einmlp on torch tensors"] = (grads.compile(), {k: torch.tensor(v) for k, v in arrays.items()})
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        variants["einmlp on jax (jitted)"] = (grads.compile(), {k: jax.numpy.asarray(v) for k, v in arrays.items()})
+    except ImportError:
+        pass
+    for name, (compiled, given) in variants.items():
+        try:
+            seconds = median_seconds(lambda c=compiled, g=given: _block(c(**g)))
+        except einmlp.EinmlpError as exc:
+            print(f"{name}: {exc}")
+            continue
+        print(f"{name} / torch autograd: {seconds / theirs:.2f}")
+
+
+def _block(result: dict) -> dict:
+    """Wait for a lazy or asynchronous result (jax dispatches asynchronously)."""
+    for value in result.values():
+        getattr(value, "block_until_ready", lambda: None)()
+    return result
 
 
 def main() -> None:

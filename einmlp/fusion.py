@@ -7,8 +7,8 @@ into it, and each elementwise expression of more than one operation becomes one 
 ufunc: one pass, no temporaries, numpy's broadcasting. Matrix products, reductions and
 contractions stay numpy and BLAS.
 
-numba was chosen by measurement: a fused ufunc ran the article net's elementwise tail 2-4x
-faster than numpy at batch 10^5, numexpr loses everywhere (15-50 us a call, no vectorised
+numba was chosen by measurement: a fused ufunc ran `(1 - x*x) * y` over 10^6 elements 10x
+faster than numpy's three passes, numexpr loses everywhere (15-50 us a call, no vectorised
 tanh), and jax needs its own arrays (the jax backend). The kernels go to a module in
 einmlp's cache directory named by the hash of its source, and numba caches their machine
 code beside it, so the compile cost is paid once per plan on a machine. Below
@@ -26,8 +26,11 @@ import tempfile
 from pathlib import Path
 
 FUSE_FROM = 50_000   # input elements from which a call runs the fused code (measured: benchmarks/compare.py)
-UNARY = {"exp", "log", "tanh", "sqrt", "abs", "sin", "cos", "sign"}
-BINARY = {"maximum", "logaddexp", "heaviside", "power"}
+# Inside a kernel: arithmetic and the functions LLVM vectorises. exp, log, tanh, sin, cos,
+# logaddexp and power stay numpy calls (their arguments still fuse): numpy's SIMD versions
+# ran 9-11x faster than numba's scalar ones (tanh over 10^6 elements: 2.1 ms against 24 ms).
+UNARY = {"sqrt", "abs", "sign"}
+BINARY = {"maximum", "heaviside"}
 SIGNATURES = ("float64", "float32")
 
 
