@@ -7,7 +7,7 @@ import pytest
 from conftest import ARTICLE_ACTIVATED
 
 import einmlp
-from einmlp.latex import display, display_function, display_index
+from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -67,3 +67,23 @@ def test_random_programs_compile_in_latex(tmp_path):
         run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, f"seed {seed}:\n{generated.source}\n{run.stdout[-1500:]}"
+
+
+def test_long_lines_break_before_a_term_and_never_inside_left_right():
+    rhs = " + ".join(rf"\left({{X_{{i,{k}}}}} - {{Y_{{i,{k}}}}}\right) \delta_{{i,{k}}} {{W^{{(1)}}_{{{k},n}}}}"
+                     for k in range(12))
+    lines = break_lines(rhs, 300.0)
+    assert len(lines) > 2 and " ".join(lines) == rhs  # cut only at spaces: nothing lost or reordered
+    assert all(line.startswith("+ ") for line in lines[1:])
+    assert all(line.count(r"\left") == line.count(r"\right") for line in lines)
+    rows = aligned_rows("L", rhs)  # the room left beside L on the page
+    assert rows.startswith("L &= ") and r"\\" + "\n" + r"&\quad {}+ " in rows
+
+
+def test_a_long_left_right_group_and_code_open_up_to_break():
+    inner = " + ".join(rf"\tanh\left({{E_{{b,{k}}}}}\right)^{{{k}}}" for k in range(20))
+    lines = break_lines(rf"\left({inner}\right) {{H_{{b,m}}}}", 300.0)
+    assert len(lines) > 1 and lines[0].startswith("(") and lines[-1].endswith(r") {H_{b,m}}")
+    code = r"\texttt{" + " + ".join(f"4*tanh(E[b,{k}])**2" for k in range(20)) + "}"
+    lines = break_lines(code, 300.0)
+    assert len(lines) > 1 and all(line.startswith(r"\texttt{") and line.count(r"\texttt") == 1 for line in lines)
