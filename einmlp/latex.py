@@ -114,6 +114,24 @@ class IndexLatexPrinter(LatexPrinter):
     _print_sigmoid = _print_relu = _print_softplus = _print_step = _print_Function
 
 
+def _repeated(body, index) -> bool:
+    """Whether `index` shows in two factors of `body`, so that Einstein notation already says it is summed."""
+    return body.is_Mul and sum(index in factor.free_symbols for factor in body.args) >= 2
+
+
+class ListingLatexPrinter(IndexLatexPrinter):
+    r"""For program listings: a sum that no repeated index shows is written out, `\sum_{i}`."""
+
+    def _print_ESum(self, expr):
+        body = self._print(expr.body)
+        hidden = [i for i in expr.indices if not _repeated(expr.body, i)]
+        if not hidden:
+            return body
+        if expr.body.is_Add or expr.body.could_extract_minus_sign():
+            body = rf"\left({body}\right)"
+        return rf"\sum_{{{','.join(display_index(i.name) for i in hidden)}}} {body}"
+
+
 # -- line breaking: amsmath has no automatic breaks (breqn is not in texlive-latex-base), so long
 # right-hand sides are cut here, at top-level spaces, by an estimate of their width.
 TEXT_WIDTH = 455.0  # points: the \textwidth (16cm) of `document`
@@ -334,7 +352,7 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
     body = steps_latex(derivation.steps)
     if not whole:
         return body
-    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
+    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
              + r"\[" + program_latex(derivation.program) + r"\]")
     from pathlib import Path
     title = "$" + to_latex(derivation.lhs) + "$ for " + escape(Path(derivation.program.name).name)
@@ -342,10 +360,11 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
 
 
 def program_latex(program) -> str:
-    """The program's statements as an aligned array."""
+    """The program's statements as an aligned array, every sum visible (repeated indices, or a written sum)."""
     rows = []
+    listing = ListingLatexPrinter({"mul_symbol": None})
     for d in program.model.definitions.values():
-        rows.append(f"{to_latex(d.lhs)} &= {to_latex(d.expr)}")
+        rows.append(f"{to_latex(d.lhs)} &= {listing.doprint(d.expr)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
@@ -355,7 +374,7 @@ def derivations_latex(derivations) -> str:
     first = derivations[0]
     parts = [rf"\intertext{{\large\textbf{{Gradient ${to_latex(d.lhs)}$}}}}" + "\n" + steps_latex(d.steps)
              for d in derivations]
-    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
+    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
              + r"\[" + program_latex(first.program) + r"\]")
     title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
     return document(title, " \\\\\n".join(parts), intro)

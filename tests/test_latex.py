@@ -7,7 +7,7 @@ import pytest
 from conftest import ARTICLE_ACTIVATED
 
 import einmlp
-from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index
+from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -87,3 +87,13 @@ def test_a_long_left_right_group_and_code_open_up_to_break():
     code = r"\texttt{" + " + ".join(f"4*tanh(E[b,{k}])**2" for k in range(20)) + "}"
     lines = break_lines(code, 300.0)
     assert len(lines) > 1 and all(line.startswith(r"\texttt{") and line.count(r"\texttt") == 1 for line in lines)
+
+
+def test_program_listings_show_every_sum():
+    """A sum that no repeated index shows is written out; a repeated index is left to Einstein notation."""
+    article = program_latex(einmlp.parse(ARTICLE_ACTIVATED))
+    assert r"{\Delta} &= \sum_{i} {\widetilde{Y}_{i,0}}^{2}" in article
+    assert r"{A_{i,k}} &= {W^{(1)}_{j,k}} {X_{i,j}}" in article and article.count(r"\sum") == 1
+    softmax = program_latex(einmlp.parse("A[b] = exp(Z[b,j])\nL = sum[b,k](A[b] - Y[b,k])"))
+    assert r"{A_{b}} &= \sum_{j} e^{{Z_{b,j}}}" in softmax
+    assert r"{L} &= \sum_{b,k} \left({A_{b}} - {Y_{b,k}}\right)" in softmax
