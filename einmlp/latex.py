@@ -12,6 +12,7 @@ import re
 from sympy.printing.latex import LatexPrinter
 
 from .functions import UserFunction
+from .symbolic import Partial
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
          "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
@@ -97,7 +98,13 @@ class IndexLatexPrinter(LatexPrinter):
         return f"N_{{{display_index(expr.label)}}}"
 
     def _print_Partial(self, expr):
-        return rf"\frac{{\partial {self._print(expr.args[0])}}}{{\partial {self._print(expr.args[1])}}}"
+        r"""d of / d w, and a derivative of a derivative as one: \frac{\partial^{2} L}{\partial w_{m} \partial w_{n}}."""
+        of, wrts = expr, []
+        while isinstance(of, Partial):
+            of, wrts = of.args[0], [of.args[1], *wrts]
+        order = f"^{{{len(wrts)}}}" if len(wrts) > 1 else ""
+        below = " ".join(rf"\partial {self._print(w)}" for w in wrts)
+        return rf"\frac{{\partial{order} {self._print(of)}}}{{{below}}}"
 
     def _print_Leaf(self, expr):
         name = display(expr.name)

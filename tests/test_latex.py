@@ -7,7 +7,7 @@ import pytest
 from conftest import ARTICLE_ACTIVATED
 
 import einmlp
-from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex
+from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex, to_latex
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -97,3 +97,9 @@ def test_program_listings_show_every_sum():
     softmax = program_latex(einmlp.parse("A[b] = exp(Z[b,j])\nL = sum[b,k](A[b] - Y[b,k])"))
     assert r"{A_{b}} &= \sum_{j} e^{{Z_{b,j}}}" in softmax
     assert r"{L} &= \sum_{b,k} \left({A_{b}} - {Y_{b,k}}\right)" in softmax
+
+
+def test_a_second_derivative_reads_as_one():
+    h = einmlp.parse("L = log(1 + exp(-y[b] X[b,d] w[d]))").hessian("w")
+    assert to_latex(h.lhs) == r"\frac{\partial^{2} {L}}{\partial {w_{m}} \partial {w_{n}}}"
+    assert r"\mathrm{dL" not in h.latex(document=True)
