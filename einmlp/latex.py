@@ -359,8 +359,7 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
     body = steps_latex(derivation.steps)
     if not whole:
         return body
-    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
-             + r"\[" + program_latex(derivation.program) + r"\]")
+    intro = _intro(derivation.program)
     from pathlib import Path
     title = "$" + to_latex(derivation.lhs) + "$ for " + escape(Path(derivation.program.name).name)
     return document(title, body, intro)
@@ -375,14 +374,67 @@ def program_latex(program) -> str:
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
 
 
+# dimension names (`X is B x D`) stand in as numbers no program uses, and are named back in the text
+_STAND_IN = 7_000_003
+_ALGEBRA = re.compile(r"\[([^\]]*)\]|sum\[([^\]]*)\]|([A-Za-z_][A-Za-z0-9_']*)(\()?|\^([0-9.]+)")
+
+
+def _algebra_latex(text: str) -> str:
+    r"""`f([10 x 4] [4 x 1]) = []` as `f\left([10 \times 4]\,[4 \times 1]\right) = \text{scalar}`."""
+    def one(match):
+        box, summed, name, call, power = match.groups()
+        if box is not None:
+            return "[" + r" \times ".join(box.split(" x ")) + "]" if box else r"\text{scalar}"
+        if summed is not None:
+            return rf"\sum_{{{','.join(display_index(i) for i in summed.split(','))}}}"
+        if name is not None:
+            return display_function(name) + "(" if call else "{" + display(name) + "}"
+        return "^{" + power + "}"
+    return _ALGEBRA.sub(one, text).replace("] [", r"]\,[")
+
+
+def shapes_latex(program) -> str:
+    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows;
+    "" where the declarations do not give every input's shape."""
+    from .errors import EinmlpError
+    from .shapes import algebra, bind, dims
+    declared = program.declarations
+    if any(rank and name not in declared for name, rank in program.model.inputs.items()) or not any(declared.values()):
+        return ""
+    names = sorted({d for shape in declared.values() for d in shape if isinstance(d, str)})
+    number = {name: _STAND_IN + 2 * k for k, name in enumerate(names)}
+    try:
+        shapes = bind(program.model, {n: tuple(number.get(d, d) for d in declared.get(n, ()))
+                                      for n in program.model.inputs})
+    except EinmlpError:  # declarations that disagree are reported where shapes are used, not on this page
+        return ""
+    rows = []
+    for checked in program.checked.statements:
+        st = checked.statement
+        text = f"{algebra(st.expr, shapes)} = {dims(shapes[st.name])}"
+        for name, value in number.items():
+            text = re.sub(rf"\b{value}\b", name, text)
+        rows.append(f"{display(st.name)} &: {_algebra_latex(text)}")
+    return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def _intro(program) -> str:
+    """The program above a derivation, and each statement's shapes where they are declared."""
+    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
+             + r"\[" + program_latex(program) + r"\]")
+    shapes = shapes_latex(program)
+    if shapes:
+        intro += "\nThe shapes, from the declarations:\n" + r"\[" + shapes + r"\]"
+    return intro
+
+
 def derivations_latex(derivations) -> str:
     """A whole document with the steps of several derivatives of one program, one after another."""
     from pathlib import Path
     first = derivations[0]
     parts = [rf"\intertext{{\large\textbf{{Gradient ${to_latex(d.lhs)}$}}}}" + "\n" + steps_latex(d.steps)
              for d in derivations]
-    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
-             + r"\[" + program_latex(first.program) + r"\]")
+    intro = _intro(first.program)
     title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
     return document(title, " \\\\\n".join(parts), intro)
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import ARTICLE_ACTIVATED
 
 import einmlp
-from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex, to_latex
+from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex, shapes_latex, to_latex
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -103,3 +103,15 @@ def test_a_second_derivative_reads_as_one():
     h = einmlp.parse("L = log(1 + exp(-y[b] X[b,d] w[d]))").hessian("w")
     assert to_latex(h.lhs) == r"\frac{\partial^{2} {L}}{\partial {w_{m}} \partial {w_{n}}}"
     assert r"\mathrm{dL" not in h.latex(document=True)
+
+
+def test_pages_show_each_statements_shapes_where_declared():
+    declared = "X is 10 x 3\nW1 is 3 x 4\nW2 is 4 x 1\nY is 10 x 1\n" + ARTICLE_ACTIVATED
+    shapes = shapes_latex(einmlp.parse(declared))
+    assert r"A &: [10 \times 3][3 \times 4] = [10 \times 4]" in shapes
+    assert r"\Delta &: ([10 \times 1] - [10 \times 1])^{2} = \text{scalar}" in shapes
+    assert shapes in einmlp.parse(declared).grad("W1").latex(document=True)
+    named = shapes_latex(einmlp.parse("X is B x D\nW is D x Z\nH = tanh(X W)\nL = sum(H)"))
+    assert r"H &: \tanh([B \times D][D \times Z]) = [B \times Z]" in named  # dimension names stay names
+    assert shapes_latex(einmlp.parse(ARTICLE_ACTIVATED)) == ""               # nothing declared: nothing shown
+    assert "The shapes" not in einmlp.parse(ARTICLE_ACTIVATED).grad("W1").latex(document=True)
