@@ -309,7 +309,8 @@ class Derivation:
     def lhs(self) -> sp.Expr:
         """The derivative d of[..] / d wrt[..], as the steps title it."""
         if self.base is not None:  # a second derivative: d/dw of the first one, not of a name "dL/dw"
-            wrt = self.raw.steps[0].lhs.args[1] if self.mode == "flat" else entry(self.wrt, self.free[len(self.base.free):])
+            own = self.free[len(self.base.free):]
+            wrt = self.raw.steps[0].lhs.args[1] if self.mode == "flat" else entry(self.wrt, own)
             return Partial(self.base.lhs, wrt)
         if self.mode == "flat":
             return self.raw.steps[0].lhs

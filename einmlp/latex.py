@@ -98,7 +98,7 @@ class IndexLatexPrinter(LatexPrinter):
         return f"N_{{{display_index(expr.label)}}}"
 
     def _print_Partial(self, expr):
-        r"""d of / d w, and a derivative of a derivative as one: \frac{\partial^{2} L}{\partial w_{m} \partial w_{n}}."""
+        r"""The fraction d of / d w; a second derivative as one, \frac{\partial^{2} L}{\partial w \partial v}."""
         of, wrts = expr, []
         while isinstance(of, Partial):
             of, wrts = of.args[0], [of.args[1], *wrts]
@@ -223,8 +223,11 @@ def _atoms(tex: str) -> list[str]:
 
 
 def _pieces(atom: str, room: float) -> list[str]:
-    r"""An atom wider than `room` opened up: a \texttt into its words, a \left( ... \right) group into
-    plain parentheses around its own atoms (rows of an alignment cannot split a \left ... \right pair)."""
+    r"""An atom wider than `room` opened up, so that it can break.
+
+    A \texttt into its words; a \left( ... \right) group into plain parentheses around its own
+    atoms (rows of an alignment cannot split a \left ... \right pair).
+    """
     if _width(atom) <= room:
         return [atom]
     if atom.startswith(r"\texttt{") and atom.endswith("}") and " " in atom:
@@ -267,8 +270,11 @@ def _terms(atoms: list[str]) -> list[list[str]]:
 
 
 def break_lines(tex: str, room: float) -> list[str]:
-    """`tex` cut into lines at most about `room` points wide: each term of a sum starts a line where it
-    does not fit on the current one; a term longer than a line is cut between factors into even lines."""
+    """`tex` cut into lines at most about `room` points wide.
+
+    Each term of a sum starts a line where it does not fit on the current one; a term longer
+    than a line is cut between its factors into lines of even width, not full ones and a stub.
+    """
     if _width(tex) <= room:
         return [tex]
     atoms = [piece for atom in _atoms(tex) for piece in _pieces(atom, room)]
@@ -279,7 +285,7 @@ def break_lines(tex: str, room: float) -> list[str]:
         if lines[-1] and used + wide > room:
             lines.append([])
             used = 0.0
-        target = wide / math.ceil(wide / room)  # a long term in even lines, not full ones and a stub
+        target = wide / math.ceil(wide / room)
         for atom in term:
             size = _width(atom)
             if lines[-1] and (used + size > room or (wide > room and used + size / 2 > target)):
@@ -394,8 +400,10 @@ def _algebra_latex(text: str) -> str:
 
 
 def shapes_latex(program) -> str:
-    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows;
-    "" where the declarations do not give every input's shape."""
+    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows.
+
+    "" where the declarations do not give every input's shape: nothing is guessed.
+    """
     from .errors import EinmlpError
     from .shapes import algebra, bind, dims
     declared = program.declarations
