@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import replace
 import warnings
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
