@@ -4,10 +4,12 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import ARTICLE_ACTIVATED
+from conftest import ARTICLE_ACTIVATED, DERIVATIONS
+from test_derivations import OVERFULL
 
 import einmlp
-from einmlp.latex import aligned_rows, break_lines, display, display_function, display_index, program_latex, shapes_latex, to_latex
+from einmlp.latex import (aligned_rows, break_lines, derivations_latex, display, display_function, display_index,
+                          program_latex, shapes_latex, to_latex)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -115,3 +117,17 @@ def test_pages_show_each_statements_shapes_where_declared():
     assert r"H &: \tanh([B \times D][D \times Z]) = [B \times Z]" in named  # dimension names stay names
     assert shapes_latex(einmlp.parse(ARTICLE_ACTIVATED)) == ""               # nothing declared: nothing shown
     assert "The shapes" not in einmlp.parse(ARTICLE_ACTIVATED).grad("W1").latex(document=True)
+
+
+@pytest.mark.parametrize("name, wrt", [("mlp3", ["W1", "c1", "W3"]), ("attention", ["Wq", "Wv"])])
+def test_several_gradients_on_one_page_fit_it(name, wrt, tmp_path):
+    """`einmlp derive --wrt A --wrt B --format pdf`: one alignment for all, no line over the text width."""
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (Debian: texlive-latex-base)")
+    prog = einmlp.load(DERIVATIONS / f"{name}.ein")
+    (tmp_path / "d.tex").write_text(derivations_latex([prog.grad(w) for w in wrt]))
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-1500:]
+    overfull = [float(w) for w in OVERFULL.findall((tmp_path / "d.log").read_text(errors="replace"))]
+    assert max(overfull, default=0) <= 10, overfull
