@@ -253,14 +253,17 @@ def _join(atoms: list[str]) -> str:
     return " ".join(out)
 
 
+_BINARY = ("+", "-", r"\cdot", r"\odot", r"\times")
+
+
 def _terms(atoms: list[str]) -> list[list[str]]:
-    """Atoms grouped into the terms of the top-level sum; a sign or a number stays with the atom after it."""
+    """Atoms grouped into the terms of the top-level sum; an operator or a number stays with the atom after it."""
     terms: list[list[str]] = [[]]
     depth, glued = 0, ""
     for atom in atoms:
         if atom in ("+", "-") and depth == 0 and (any(terms[-1]) or glued):
             terms.append([])
-        if atom in ("+", "-") or atom.isdigit():
+        if atom in _BINARY or atom.isdigit():
             glued += atom + " "
             continue
         terms[-1].append(glued + atom)
@@ -316,14 +319,15 @@ def _lhs(step) -> str:
     return display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
 
 
-def aligned_rows(lhs: str, rhs: str, lhs_width: float | None = None) -> str:
+def aligned_rows(lhs: str, rhs: str, lhs_width: float | None = None, margin: float = 0.88) -> str:
     r"""`lhs &= rhs` as align rows, the right-hand side continued on `&\quad` rows where it is too wide.
 
-    `lhs_width` is the widest left-hand side of the alignment (all share one column).
+    `lhs_width` is the widest left-hand side of the alignment (all share one column); `margin`
+    the part of the room that the width estimate may fill.
     """
-    room = 0.88 * (TEXT_WIDTH - (_width(lhs) if lhs_width is None else lhs_width)) - 15.0
+    room = margin * (TEXT_WIDTH - (_width(lhs) if lhs_width is None else lhs_width)) - 15.0
     first, *rest = break_lines(rhs, room)
-    more = "".join(" \\\\\n&\\quad " + ("{}" if line[:1] in "+-" else "") + line for line in rest)
+    more = "".join(" \\\\\n&\\quad " + ("{}" if line.startswith(_BINARY) else "") + line for line in rest)
     return f"{lhs} &= {first}{more}"
 
 
@@ -340,10 +344,10 @@ def steps_latex(steps) -> str:
     return " \\\\\n".join(rows)
 
 
-def document(title: str, body: str, intro: str = "") -> str:
+def document(title: str, body: str, intro: str = "", outro: str = "") -> str:
     """A whole LaTeX document around an align* body; compiles with texlive-latex-base.
 
-    `title` is LaTeX (math allowed).
+    `title` is LaTeX (math allowed); `intro` and `outro` are text before and after the body.
     """
     return "\n".join([
         r"\documentclass[11pt]{article}",
@@ -356,6 +360,7 @@ def document(title: str, body: str, intro: str = "") -> str:
         r"\begin{align*}",
         body,
         r"\end{align*}",
+        *[outro] * bool(outro),
         r"\end{document}",
         ""])
 
@@ -368,7 +373,7 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
     intro = _intro(derivation.program)
     from pathlib import Path
     title = "$" + to_latex(derivation.lhs) + "$ for " + escape(Path(derivation.program.name).name)
-    return document(title, body, intro)
+    return document(title, body, intro, _outro([derivation]))
 
 
 def program_latex(program) -> str:
@@ -399,31 +404,101 @@ def _algebra_latex(text: str) -> str:
     return _ALGEBRA.sub(one, text).replace("] [", r"]\,[")
 
 
-def shapes_latex(program) -> str:
-    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows.
+def _declared(program, model=None):
+    """Every tensor's shape from the declarations, and the names of the dimensions that stand in as numbers.
 
-    "" where the declarations do not give every input's shape: nothing is guessed.
+    None where the declarations do not give every input's shape: nothing is guessed.
     """
     from .errors import EinmlpError
-    from .shapes import algebra, bind, dims
-    declared = program.declarations
-    if any(rank and name not in declared for name, rank in program.model.inputs.items()) or not any(declared.values()):
-        return ""
+    from .shapes import bind
+    declared, model = program.declarations, model or program.model
+    if any(rank and name not in declared for name, rank in model.inputs.items()) or not any(declared.values()):
+        return None
     names = sorted({d for shape in declared.values() for d in shape if isinstance(d, str)})
     number = {name: _STAND_IN + 2 * k for k, name in enumerate(names)}
     try:
-        shapes = bind(program.model, {n: tuple(number.get(d, d) for d in declared.get(n, ()))
-                                      for n in program.model.inputs})
+        shapes = bind(model, {n: tuple(number.get(d, d) for d in declared.get(n, ())) for n in model.inputs})
     except EinmlpError:  # declarations that disagree are reported where shapes are used, not on this page
+        return None
+    return shapes, {value: name for name, value in number.items()}
+
+
+def _named_back(text: str, names: dict) -> str:
+    for value, name in names.items():
+        text = re.sub(rf"\b{value}\b", name, text)
+    return text
+
+
+def shapes_latex(program) -> str:
+    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows.
+
+    "" where the declarations do not give every input's shape.
+    """
+    from .shapes import algebra, dims
+    found = _declared(program)
+    if found is None:
         return ""
+    shapes, names = found
     rows = []
     for checked in program.checked.statements:
         st = checked.statement
-        text = f"{algebra(st.expr, shapes)} = {dims(shapes[st.name])}"
-        for name, value in number.items():
-            text = re.sub(rf"\b{value}\b", name, text)
+        text = _named_back(f"{algebra(st.expr, shapes)} = {dims(shapes[st.name])}", names)
         rows.append(f"{display(st.name)} &: {_algebra_latex(text)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def _shape_tree(node, length) -> str:
+    r"""A matrix-form tree with each matrix as its shape: `[3 \times 10]\,([10 \times 1] \odot ...)`."""
+    if node.kind in ("leaf", "elem"):
+        return f"[{length(node.rows)} \\times {length(node.cols)}]"
+    parts = [_shape_tree(p, length) for p in node.parts]
+    parts = [t if p.kind in ("leaf", "elem", "diag") else f"({t})" for p, t in zip(node.parts, parts)]
+    if node.kind == "matmul":
+        return r"\,".join(parts)
+    if node.kind == "hadamard":
+        return r" \odot ".join(parts)
+    if node.kind == "diag":
+        return r"\operatorname{diag}" + parts[0]
+    return rf"\textstyle\sum_{{{'rows' if node.axis == 0 else 'cols'}}} " + parts[0]
+
+
+def matrix_shapes_latex(derivation) -> str:
+    r"""The matrix form's products as shapes, like the article's `(3,10)(10,1)(1,4) = (3,4)`.
+
+    "" where the shapes are not declared or there is no matrix form.
+    """
+    from .matrix import ONE
+    matrix = derivation.matrix
+    products = matrix.exists and any(tree.kind not in ("leaf", "elem") for _, tree in matrix.trees)
+    found = _declared(derivation.program, derivation.model) if products else None
+    if found is None:
+        return ""
+    shapes, names = found
+    lengths = {i.name: shapes[tensor][axis] for i, (tensor, axis) in derivation.axes().items()}
+    for term in derivation.form.terms:
+        lengths.update({i.name: shapes[e.name][e.axis] for i, e in zip(term.summed, term.extents)})
+    if any(label != ONE and label.name not in lengths for _, tree in matrix.trees for label in (tree.rows, tree.cols)):
+        return ""
+
+    def length(label) -> str:
+        return "1" if label == ONE else _named_back(str(lengths.get(label.name, "?")), names)
+    products = " + ".join(_shape_tree(tree, length) for _, tree in matrix.trees)
+    tree = matrix.trees[0][1]
+    return "" if "?" in products else f"{products} = [{length(tree.rows)} \\times {length(tree.cols)}]"
+
+
+def _outro(derivations) -> str:
+    """The shapes of each matrix form's products, below the steps; "" where none are known."""
+    rows = []
+    for d in derivations:
+        shapes = matrix_shapes_latex(d)
+        if shapes:
+            lhs = to_latex(d.lhs)
+            rows.append(aligned_rows(lhs, shapes, margin=0.97).replace("&=", "&:", 1))  # brackets: estimated well
+    if not rows:
+        return ""
+    return ("The shapes of the matrix form" + "s" * (len(derivations) > 1) + ", product by product:\n"
+            + r"\[\begin{aligned}" + " \\\\\n".join(rows) + r"\end{aligned}\]")
 
 
 def _intro(program) -> str:
@@ -444,7 +519,7 @@ def derivations_latex(derivations) -> str:
              for d in derivations]
     intro = _intro(first.program)
     title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
-    return document(title, " \\\\\n".join(parts), intro)
+    return document(title, " \\\\\n".join(parts), intro, _outro(derivations))
 
 
 # -- notebooks: MathJax 3 knows amsmath's environments but not \intertext, and reads no macros

@@ -9,7 +9,7 @@ from test_derivations import OVERFULL
 
 import einmlp
 from einmlp.latex import (aligned_rows, break_lines, derivations_latex, display, display_function, display_index,
-                          program_latex, shapes_latex, to_latex)
+                          matrix_shapes_latex, program_latex, shapes_latex, to_latex)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -131,3 +131,14 @@ def test_several_gradients_on_one_page_fit_it(name, wrt, tmp_path):
     assert run.returncode == 0, run.stdout[-1500:]
     overfull = [float(w) for w in OVERFULL.findall((tmp_path / "d.log").read_text(errors="replace"))]
     assert max(overfull, default=0) <= 10, overfull
+
+
+def test_the_matrix_form_shows_its_shapes_as_the_article_does():
+    """The article's linear dW1 = 2 X.T Ytilde W2.T with shapes (3,10)(10,1)(1,4) = (3,4)."""
+    linear = einmlp.load(DERIVATIONS / "article_linear.ein").grad("W1")
+    assert matrix_shapes_latex(linear) == r"[3 \times 10]\,[10 \times 1]\,[1 \times 4] = [3 \times 4]"
+    assert matrix_shapes_latex(linear) in linear.latex(document=True)
+    activated = einmlp.load(DERIVATIONS / "article.ein").grad("W1")  # X.T @ (((Ytilde * f2'(C)) @ W2.T) * f1'(A))
+    assert matrix_shapes_latex(activated) == (r"[3 \times 10]\,((([10 \times 1] \odot [10 \times 1])\,[1 \times 4])"
+                                              r" \odot [10 \times 4]) = [3 \times 4]")
+    assert matrix_shapes_latex(einmlp.parse(ARTICLE_ACTIVATED).grad("W1")) == ""  # no declarations
