@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -229,10 +230,12 @@ class Derivation:
     @property
     def lhs(self) -> sp.Expr:
         """The derivative d of[..] / d wrt[..], as the steps title it."""
+        if self.base is not None:  # a second derivative: d/dw of the first one, not of a name "dL/dw"
+            own = self.free[len(self.base.free):]
+            wrt = self.raw.steps[0].lhs.args[1] if self.mode == "flat" else entry(self.wrt, own)
+            return Partial(self.base.lhs, wrt)
         if self.mode == "flat":
             return self.raw.steps[0].lhs
-        if self.base is not None:
-            return Partial(self.base.lhs, entry(self.wrt, self.free[len(self.base.free):]))
         of_indices = self.model.definitions[self.of].indices
         return Partial(entry(self.of, of_indices), entry(self.wrt, self.free[len(of_indices):]))
 
@@ -285,7 +288,7 @@ class Derivation:
             steps.append(Step("Gradient from the adjoints", lhs, self.form.expr()))
             return steps + self.matrix.steps(lhs)
         raw, (_, contraction, product) = self.raw, self._contracted
-        steps = list(raw.steps)
+        steps = [replace(s, lhs=lhs) if s.lhs == raw.steps[0].lhs else s for s in raw.steps]
         steps.append(Step("Product of all deltas", lhs, product))
         steps.extend(Step(s.title, lhs, s.expr, s.renames) for s in contraction)
         steps.extend(self.matrix.steps(lhs))

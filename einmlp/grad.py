@@ -45,7 +45,7 @@ class Step:
 
     @property
     def latex(self) -> str:
-        """The equation in LaTeX, `lhs &= rhs` (an align* row)."""
+        """The equation in LaTeX, `lhs &= rhs`: align* rows, a long right-hand side continued on more."""
         from .latex import equation_latex
         return equation_latex(self)
 

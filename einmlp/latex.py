@@ -6,11 +6,13 @@ documents that a plain `pdflatex` compiles.
 
 from __future__ import annotations
 
+import math
 import re
 
 from sympy.printing.latex import LatexPrinter
 
 from .functions import UserFunction
+from .symbolic import Partial
 
 GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
          "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
@@ -96,7 +98,13 @@ class IndexLatexPrinter(LatexPrinter):
         return f"N_{{{display_index(expr.label)}}}"
 
     def _print_Partial(self, expr):
-        return rf"\frac{{\partial {self._print(expr.args[0])}}}{{\partial {self._print(expr.args[1])}}}"
+        r"""The fraction d of / d w; a second derivative as one, \frac{\partial^{2} L}{\partial w \partial v}."""
+        of, wrts = expr, []
+        while isinstance(of, Partial):
+            of, wrts = of.args[0], [of.args[1], *wrts]
+        order = f"^{{{len(wrts)}}}" if len(wrts) > 1 else ""
+        below = " ".join(rf"\partial {self._print(w)}" for w in wrts)
+        return rf"\frac{{\partial{order} {self._print(of)}}}{{{below}}}"
 
     def _print_Leaf(self, expr):
         name = display(expr.name)
@@ -111,6 +119,184 @@ class IndexLatexPrinter(LatexPrinter):
         return f"{text}^{{{exp}}}" if exp else text
 
     _print_sigmoid = _print_relu = _print_softplus = _print_step = _print_Function
+
+
+def _repeated(body, index) -> bool:
+    """Whether `index` shows in two factors of `body`, so that Einstein notation already says it is summed."""
+    return body.is_Mul and sum(index in factor.free_symbols for factor in body.args) >= 2
+
+
+class ListingLatexPrinter(IndexLatexPrinter):
+    r"""For program listings: a sum that no repeated index shows is written out, `\sum_{i}`."""
+
+    def _print_ESum(self, expr):
+        body = self._print(expr.body)
+        hidden = [i for i in expr.indices if not _repeated(expr.body, i)]
+        if not hidden:
+            return body
+        if expr.body.is_Add or expr.body.could_extract_minus_sign():
+            body = rf"\left({body}\right)"
+        return rf"\sum_{{{','.join(display_index(i.name) for i in hidden)}}} {body}"
+
+
+# -- line breaking: amsmath has no automatic breaks (breqn is not in texlive-latex-base), so long
+# right-hand sides are cut here, at top-level spaces, by an estimate of their width.
+TEXT_WIDTH = 455.0  # points: the \textwidth (16cm) of `document`
+_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\s+|.", re.S)
+_TEXT = {r"\mathrm": 5.8, r"\operatorname": 5.8, r"\texttt": 5.8, r"\text": 5.6, r"\textbf": 6.4, r"\mathbf": 7.0}
+_SPACE = {r"\,": 1.9, r"\;": 3.2, r"\quad": 11.0, r"\qquad": 22.0, r"\ ": 3.7, r"\!": -1.9}
+_WIDE = {"+": 13.5, "-": 13.5, "=": 15.0, "<": 15.0, ">": 15.0, r"\cdot": 8.0, r"\odot": 13.5, r"\times": 13.5,
+         r"\to": 17.0, r"\left": 3.4, r"\top": 8.5, r"\sum": 16.0, r"\cdots": 14.0, r"\ldots": 14.0, r"\partial": 6.2}
+_OPERATORS = {r"\tanh", r"\exp", r"\log", r"\sin", r"\cos", r"\max", r"\min"}
+_ZERO = {r"\textstyle", r"\displaystyle", r"\scriptstyle", r"\limits", r"\nolimits", r"\right",
+         r"\hat", r"\widetilde", r"\tilde", r"\bar", r"\overline", r"\allowbreak", r"\textgreater", r"\textless"}
+
+
+def _width(tex: str) -> float:
+    """A generous estimate, in points, of how wide `tex` sets in display style at 11pt: no TeX at hand."""
+    tokens = [t for t in _TOKEN.findall(tex) if not t.isspace()]
+    pos = 0
+
+    def argument(text: float) -> float:  # a braced group or one token
+        nonlocal pos
+        if pos < len(tokens) and tokens[pos] == "{":
+            pos += 1
+            total = 0.0
+            while pos < len(tokens) and tokens[pos] != "}":
+                total += item(text)
+            pos += 1
+            return total
+        return item(text) if pos < len(tokens) else 0.0
+
+    def item(text: float) -> float:
+        nonlocal pos
+        if tokens[pos] == "{":
+            return argument(text)
+        token = tokens[pos]
+        pos += 1
+        if token in "_^":  # a subscript and a superscript stack: the wider counts
+            wide = 0.72 * argument(text)
+            while pos < len(tokens) and tokens[pos] in "_^":
+                pos += 1
+                wide = max(wide, 0.72 * argument(text))
+            return wide
+        if token == r"\frac":
+            return max(argument(text), argument(text)) + 6.0
+        if token in _OPERATORS:
+            return 5.5 * len(token) - 2.0
+        if token == r"\sqrt":
+            return 9.0 + argument(text)
+        if token in _TEXT:
+            return argument(_TEXT[token]) + (3.0 if token == r"\operatorname" else 0.0)
+        if token in _SPACE:
+            return _SPACE[token]
+        if text:
+            return 0.0 if token in _ZERO else text
+        if token in _ZERO:
+            return 0.0
+        if token in _WIDE:
+            return _WIDE[token]
+        if token.startswith("\\"):
+            return 6.5
+        if token.isupper():
+            return 11.5 if token in "WM" else 9.0
+        if token.islower():
+            return 6.0
+        return 5.6 if token.isdigit() else 4.4
+
+    total = 0.0
+    while pos < len(tokens):
+        total += item(0.0)
+    return total
+
+
+def _atoms(tex: str) -> list[str]:
+    r"""`tex` cut at its top-level spaces: nothing inside braces or \left...\right is cut."""
+    atoms, depth, current = [], 0, ""
+    for token in _TOKEN.findall(tex):
+        depth += (token in ("{", r"\left")) - (token in ("}", r"\right"))
+        if token.isspace() and depth == 0:
+            atoms, current = atoms + [current] * bool(current), ""
+        else:
+            current += token
+    return atoms + [current] * bool(current)
+
+
+def _pieces(atom: str, room: float) -> list[str]:
+    r"""An atom wider than `room` opened up, so that it can break.
+
+    A \texttt into its words; a \left( ... \right) group into plain parentheses around its own
+    atoms (rows of an alignment cannot split a \left ... \right pair).
+    """
+    if _width(atom) <= room:
+        return [atom]
+    if atom.startswith(r"\texttt{") and atom.endswith("}") and " " in atom:
+        return [r"\texttt{" + word + "}" for word in atom[len(r"\texttt{"):-1].split(" ")]
+    if atom.startswith(r"\left("):
+        tokens, depth = _TOKEN.findall(atom), 0
+        for k, token in enumerate(tokens):
+            depth += (token == r"\left") - (token == r"\right")
+            if depth == 0 and tokens[k + 1:k + 2] == [")"]:
+                inner = "(" + "".join(tokens[2:k]) + ")" + "".join(tokens[k + 2:])
+                return [piece for part in _atoms(inner) for piece in _pieces(part, room)] if " " in inner else [atom]
+    return [atom]
+
+
+def _join(atoms: list[str]) -> str:
+    r"""Atoms back into LaTeX; neighbouring \texttt words become one \texttt again."""
+    out: list[str] = []
+    for atom in atoms:
+        if out and out[-1].startswith(r"\texttt{") and atom.startswith(r"\texttt{"):
+            out[-1] = out[-1][:-1] + " " + atom[len(r"\texttt{"):]
+        else:
+            out.append(atom)
+    return " ".join(out)
+
+
+_BINARY = ("+", "-", r"\cdot", r"\odot", r"\times")
+
+
+def _terms(atoms: list[str]) -> list[list[str]]:
+    """Atoms grouped into the terms of the top-level sum; an operator or a number stays with the atom after it."""
+    terms: list[list[str]] = [[]]
+    depth, glued = 0, ""
+    for atom in atoms:
+        if atom in ("+", "-") and depth == 0 and (any(terms[-1]) or glued):
+            terms.append([])
+        if atom in _BINARY or atom.isdigit():
+            glued += atom + " "
+            continue
+        terms[-1].append(glued + atom)
+        glued = ""
+        depth += atom.count("(") - atom.count(r"\left(") - atom.count(")") + atom.count(r"\right)")
+    return [term for term in terms if term] + [[glued.strip()]] * bool(glued)
+
+
+def break_lines(tex: str, room: float) -> list[str]:
+    """`tex` cut into lines at most about `room` points wide.
+
+    Each term of a sum starts a line where it does not fit on the current one; a term longer
+    than a line is cut between its factors into lines of even width, not full ones and a stub.
+    """
+    if _width(tex) <= room:
+        return [tex]
+    atoms = [piece for atom in _atoms(tex) for piece in _pieces(atom, room)]
+    lines: list[list[str]] = [[]]
+    used = 0.0
+    for term in _terms(atoms):
+        wide = sum(_width(atom) for atom in term)
+        if lines[-1] and used + wide > room:
+            lines.append([])
+            used = 0.0
+        target = wide / math.ceil(wide / room)
+        for atom in term:
+            size = _width(atom)
+            if lines[-1] and (used + size > room or (wide > room and used + size / 2 > target)):
+                lines.append([])
+                used = 0.0
+            lines[-1].append(atom)
+            used += size
+    return [_join(line) for line in lines]
 
 
 def to_latex(expr) -> str:
@@ -129,23 +315,39 @@ def _title(step) -> str:
     return text
 
 
-def equation_latex(step) -> str:
-    """One step's equation, `lhs &= rhs`, for an align* row."""
+def _lhs(step) -> str:
+    return display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
+
+
+def aligned_rows(lhs: str, rhs: str, lhs_width: float | None = None, margin: float = 0.88) -> str:
+    r"""`lhs &= rhs` as align rows, the right-hand side continued on `&\quad` rows where it is too wide.
+
+    `lhs_width` is the widest left-hand side of the alignment (all share one column); `margin`
+    the part of the room that the width estimate may fill.
+    """
+    room = margin * (TEXT_WIDTH - (_width(lhs) if lhs_width is None else lhs_width)) - 15.0
+    first, *rest = break_lines(rhs, room)
+    more = "".join(" \\\\\n&\\quad " + ("{}" if line.startswith(_BINARY) else "") + line for line in rest)
+    return f"{lhs} &= {first}{more}"
+
+
+def equation_latex(step, lhs_width: float | None = None) -> str:
+    """One step's equation, `lhs &= rhs`, for align* (continued on more rows where it is long)."""
     rhs = step.latex_expr if step.latex_expr is not None else to_latex(step.expr)
-    lhs = display(step.lhs) if isinstance(step.lhs, str) else to_latex(step.lhs)
-    return f"{lhs} &= {rhs}"
+    return aligned_rows(_lhs(step), rhs, lhs_width)
 
 
 def steps_latex(steps) -> str:
     """The steps as an align* body, a title above each equation."""
-    rows = [rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + equation_latex(step) for step in steps]
+    widest = max((_width(_lhs(step)) for step in steps), default=0.0)
+    rows = [rf"\intertext{{\textbf{{{_title(step)}}}}}" + "\n" + equation_latex(step, widest) for step in steps]
     return " \\\\\n".join(rows)
 
 
-def document(title: str, body: str, intro: str = "") -> str:
+def document(title: str, body: str, intro: str = "", outro: str = "") -> str:
     """A whole LaTeX document around an align* body; compiles with texlive-latex-base.
 
-    `title` is LaTeX (math allowed).
+    `title` is LaTeX (math allowed); `intro` and `outro` are text before and after the body.
     """
     return "\n".join([
         r"\documentclass[11pt]{article}",
@@ -158,6 +360,7 @@ def document(title: str, body: str, intro: str = "") -> str:
         r"\begin{align*}",
         body,
         r"\end{align*}",
+        *[outro] * bool(outro),
         r"\end{document}",
         ""])
 
@@ -167,19 +370,145 @@ def derivation_latex(derivation, *, whole: bool = False) -> str:
     body = steps_latex(derivation.steps)
     if not whole:
         return body
-    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
-             + r"\[" + program_latex(derivation.program) + r"\]")
+    intro = _intro(derivation.program)
     from pathlib import Path
     title = "$" + to_latex(derivation.lhs) + "$ for " + escape(Path(derivation.program.name).name)
-    return document(title, body, intro)
+    return document(title, body, intro, _outro([derivation]))
 
 
 def program_latex(program) -> str:
-    """The program's statements as an aligned array."""
+    """The program's statements as an aligned array, every sum visible (repeated indices, or a written sum)."""
     rows = []
+    listing = ListingLatexPrinter({"mul_symbol": None})
     for d in program.model.definitions.values():
-        rows.append(f"{to_latex(d.lhs)} &= {to_latex(d.expr)}")
+        rows.append(f"{to_latex(d.lhs)} &= {listing.doprint(d.expr)}")
     return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+# dimension names (`X is B x D`) stand in as numbers no program uses, and are named back in the text
+_STAND_IN = 7_000_003
+_ALGEBRA = re.compile(r"\[([^\]]*)\]|sum\[([^\]]*)\]|([A-Za-z_][A-Za-z0-9_']*)(\()?|\^([0-9.]+)")
+
+
+def _algebra_latex(text: str) -> str:
+    r"""`f([10 x 4] [4 x 1]) = []` as `f\left([10 \times 4]\,[4 \times 1]\right) = \text{scalar}`."""
+    def one(match):
+        box, summed, name, call, power = match.groups()
+        if box is not None:
+            return "[" + r" \times ".join(box.split(" x ")) + "]" if box else r"\text{scalar}"
+        if summed is not None:
+            return rf"\sum_{{{','.join(display_index(i) for i in summed.split(','))}}}"
+        if name is not None:
+            return display_function(name) + "(" if call else "{" + display(name) + "}"
+        return "^{" + power + "}"
+    return _ALGEBRA.sub(one, text).replace("] [", r"]\,[")
+
+
+def _declared(program, model=None):
+    """Every tensor's shape from the declarations, and the names of the dimensions that stand in as numbers.
+
+    None where the declarations do not give every input's shape: nothing is guessed.
+    """
+    from .errors import EinmlpError
+    from .shapes import bind
+    declared, model = program.declarations, model or program.model
+    if any(rank and name not in declared for name, rank in model.inputs.items()) or not any(declared.values()):
+        return None
+    names = sorted({d for shape in declared.values() for d in shape if isinstance(d, str)})
+    number = {name: _STAND_IN + 2 * k for k, name in enumerate(names)}
+    try:
+        shapes = bind(model, {n: tuple(number.get(d, d) for d in declared.get(n, ())) for n in model.inputs})
+    except EinmlpError:  # declarations that disagree are reported where shapes are used, not on this page
+        return None
+    return shapes, {value: name for name, value in number.items()}
+
+
+def _named_back(text: str, names: dict) -> str:
+    for value, name in names.items():
+        text = re.sub(rf"\b{value}\b", name, text)
+    return text
+
+
+def shapes_latex(program) -> str:
+    r"""Each statement's dimension algebra, `A &: [10 \times 3][3 \times 4] = [10 \times 4]`, as aligned rows.
+
+    "" where the declarations do not give every input's shape.
+    """
+    from .shapes import algebra, dims
+    found = _declared(program)
+    if found is None:
+        return ""
+    shapes, names = found
+    rows = []
+    for checked in program.checked.statements:
+        st = checked.statement
+        text = _named_back(f"{algebra(st.expr, shapes)} = {dims(shapes[st.name])}", names)
+        rows.append(f"{display(st.name)} &: {_algebra_latex(text)}")
+    return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def _shape_tree(node, length) -> str:
+    r"""A matrix-form tree with each matrix as its shape: `[3 \times 10]\,([10 \times 1] \odot ...)`."""
+    if node.kind in ("leaf", "elem"):
+        return f"[{length(node.rows)} \\times {length(node.cols)}]"
+    parts = [_shape_tree(p, length) for p in node.parts]
+    parts = [t if p.kind in ("leaf", "elem", "diag") else f"({t})" for p, t in zip(node.parts, parts)]
+    if node.kind == "matmul":
+        return r"\,".join(parts)
+    if node.kind == "hadamard":
+        return r" \odot ".join(parts)
+    if node.kind == "diag":
+        return r"\operatorname{diag}" + parts[0]
+    return rf"\textstyle\sum_{{{'rows' if node.axis == 0 else 'cols'}}} " + parts[0]
+
+
+def matrix_shapes_latex(derivation) -> str:
+    r"""The matrix form's products as shapes, like the article's `(3,10)(10,1)(1,4) = (3,4)`.
+
+    "" where the shapes are not declared or there is no matrix form.
+    """
+    from .matrix import ONE
+    matrix = derivation.matrix
+    products = matrix.exists and any(tree.kind not in ("leaf", "elem") for _, tree in matrix.trees)
+    found = _declared(derivation.program, derivation.model) if products else None
+    if found is None:
+        return ""
+    shapes, names = found
+    lengths = {i.name: shapes[tensor][axis] for i, (tensor, axis) in derivation.axes().items()}
+    for term in derivation.form.terms:
+        lengths.update({i.name: shapes[e.name][e.axis] for i, e in zip(term.summed, term.extents)})
+    if any(label != ONE and label.name not in lengths for _, tree in matrix.trees for label in (tree.rows, tree.cols)):
+        return ""
+
+    def length(label) -> str:
+        return "1" if label == ONE else _named_back(str(lengths.get(label.name, "?")), names)
+    products = " + ".join(_shape_tree(tree, length) for _, tree in matrix.trees)
+    tree = matrix.trees[0][1]
+    return "" if "?" in products else f"{products} = [{length(tree.rows)} \\times {length(tree.cols)}]"
+
+
+def _outro(derivations) -> str:
+    """The shapes of each matrix form's products, below the steps; "" where none are known."""
+    rows = []
+    for d in derivations:
+        shapes = matrix_shapes_latex(d)
+        if shapes:
+            lhs = to_latex(d.lhs)
+            rows.append(aligned_rows(lhs, shapes, margin=0.97).replace("&=", "&:", 1))  # brackets: estimated well
+    if not rows:
+        return ""
+    return ("The shapes of the matrix form" + "s" * (len(derivations) > 1) + ", product by product:\n"
+            + r"\[\begin{aligned}" + " \\\\\n".join(rows) + r"\end{aligned}\]")
+
+
+def _intro(program) -> str:
+    """The program above a derivation, and each statement's shapes where they are declared."""
+    intro = ("Repeated indices are summed (Einstein notation); other sums are written out. The program:\n"
+             + r"\[" + program_latex(program) + r"\]")
+    shapes = shapes_latex(program)
+    if shapes:
+        intro += "\nThe shapes, from the declarations:\n" + r"\[" + shapes + r"\]"
+    return intro
 
 
 def derivations_latex(derivations) -> str:
@@ -188,10 +517,9 @@ def derivations_latex(derivations) -> str:
     first = derivations[0]
     parts = [rf"\intertext{{\large\textbf{{Gradient ${to_latex(d.lhs)}$}}}}" + "\n" + steps_latex(d.steps)
              for d in derivations]
-    intro = ("Repeated indices are summed (Einstein notation). The program:\n"
-             + r"\[" + program_latex(first.program) + r"\]")
+    intro = _intro(first.program)
     title = f"Gradients of ${display(first.of)}$ for " + escape(Path(first.program.name).name)
-    return document(title, " \\\\\n".join(parts), intro)
+    return document(title, " \\\\\n".join(parts), intro, _outro(derivations))
 
 
 # -- notebooks: MathJax 3 knows amsmath's environments but not \intertext, and reads no macros

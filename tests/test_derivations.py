@@ -73,8 +73,12 @@ def test_golden_text_and_latex(path, wrt, hessian, update_golden):
         assert file.read_text() == text, f"{file.name} is stale: run pytest tests/test_derivations.py --update-golden"
 
 
+OVERFULL = re.compile(r"Overfull \\hbox \(([0-9.]+)pt too wide\)")
+
+
 @pytest.mark.parametrize("path, wrt, hessian", list(cases()))
-def test_latex_compiles_with_pdflatex(path, wrt, hessian, tmp_path):
+def test_latex_compiles_with_pdflatex_and_fits_the_page(path, wrt, hessian, tmp_path):
+    """pdflatex compiles the page, and no line sticks out of the text more than 10pt (long ones are broken)."""
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed (Debian: texlive-latex-base)")
     tex = tmp_path / "derivation.tex"
@@ -83,6 +87,9 @@ def test_latex_compiles_with_pdflatex(path, wrt, hessian, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:]
     assert (tmp_path / "derivation.pdf").stat().st_size > 1000
+    log = (tmp_path / "derivation.log").read_text(errors="replace")
+    overfull = [float(width) for width in OVERFULL.findall(log)]
+    assert max(overfull, default=0) <= 10, f"lines too wide by {overfull} pt"
 
 
 @pytest.mark.parametrize("path, wrt, hessian", list(cases()))
