@@ -112,7 +112,20 @@ class _Kernel:
 
 
 def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
-    """Write a temporary computed elementwise into the one elementwise expression that reads it."""
+    """Write a temporary computed elementwise into the one elementwise expression that reads it.
+
+    A `del` of a temporary written into its reader goes with it.
+    """
+    removed: set[str] = set()
+    _inline(fn, keep, removed)
+    for stmt in list(fn.body):
+        if isinstance(stmt, ast.Delete):
+            stmt.targets = [t for t in stmt.targets if not (isinstance(t, ast.Name) and t.id in removed)]
+            if not stmt.targets:
+                fn.body.remove(stmt)
+
+
+def _inline(fn: ast.FunctionDef, keep: set[str], removed: set[str]) -> None:
     while True:
         loads: dict[str, list] = {}
         parents: dict[int, ast.AST] = {}
@@ -138,6 +151,7 @@ def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
                 elif isinstance(value, list) and uses[0] in value:
                     value[value.index(uses[0])] = stmt.value
             fn.body.remove(stmt)
+            removed.add(name)
             done = True
             break
         if not done:
