@@ -227,7 +227,7 @@ def train(args) -> int:
     report, close = _progress(args.steps)
     try:
         fit = run_train(prog, arrays, wrt, lr=args.lr, steps=args.steps, of=args.of, method=args.method,
-                        callback=report)
+                        callback=report, backend=args.backend)
     finally:
         close()
     end = "diverged" if fit.diverged else f"{fit.loss:.6g}"
@@ -237,7 +237,7 @@ def train(args) -> int:
         fit.plot(args.plot)
     if args.output:
         try:
-            np.savez(args.output, **fit.arrays)
+            np.savez(args.output, **{name: np.asarray(value) for name, value in fit.arrays.items()})
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
     return 1 if fit.diverged else 0
@@ -338,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="write the loss per step to FILE (.png, .pdf, .svg; "
                                                     "needs matplotlib: pip install 'einmlp[plot]')")
     p.add_argument("-o", "--output", metavar="FILE", help="save the trained arrays to FILE (numpy .npz)")
+    p.add_argument("--backend", choices=["numpy", "numba", "torch", "jax"],
+                   help="the array library to train with (default numpy; numba fuses elementwise work)")
     return top
 
 

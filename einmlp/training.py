@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import EinmlpError, EinmlpWarning, UnknownNameError, guarded
+from . import backends
 from .compiled import Compiled
 from .lower import Lowerer, output
 
@@ -82,16 +83,16 @@ class _Optimizer:
         if self.method == "sgd":
             return value - self.lr * grad
         if self.method == "momentum":  # heavy ball: v <- beta v + g; w <- w - lr v
-            velocity = self.state.setdefault(name, [np.zeros_like(value)])
+            velocity = self.state.setdefault(name, [0 * value])  # 0 * value: zeros of any array library
             velocity[0] = self.momentum * velocity[0] + grad
             return value - self.lr * velocity[0]
         b1, b2 = self.betas  # Adam (Kingma and Ba), with bias correction
-        m, v = self.state.setdefault(name, [np.zeros_like(value), np.zeros_like(value)])
+        m, v = self.state.setdefault(name, [0 * value, 0 * value])
         m = b1 * m + (1 - b1) * grad
         v = b2 * v + (1 - b2) * grad * grad
         self.state[name] = [m, v]
         m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        return value - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        return value - self.lr * m_hat / (v_hat ** 0.5 + self.eps)
 
 
 @dataclass(frozen=True)
@@ -204,13 +205,15 @@ def _validate(program, arrays: dict, wrt, of, lr, steps, method: str) -> tuple[t
 def train(program, arrays: dict, wrt, lr: float = 0.01, steps: int = 100, of: str | None = None,
           method: str = "sgd", *, momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, functions: dict | None = None,
-          callback: Callable[[int, float], None] | None = None) -> TrainResult:
+          callback: Callable[[int, float], None] | None = None, backend: str | None = None) -> TrainResult:
     """Minimise the scalar `of` over the arrays named in `wrt`, by its derived gradients.
 
     Each step computes the loss and every gradient in one pass, then updates copies of the
     `wrt` arrays by `method`: "sgd" (w -= lr g), "momentum" (heavy ball, `momentum`) or
     "adam" (`betas`, `eps`). `callback(step, loss)` is called once per step. A loss that
-    stops being finite ends training early with `diverged=True` and a warning.
+    stops being finite ends training early with `diverged=True` and a warning. The arrays
+    stay in their library (numpy, torch, jax): `backend` as in `Program.compile`
+    ("numba" fuses numpy's elementwise work; "torch" or "jax" trains numpy arrays there).
 
     Examples:
         >>> prog = einmlp.parse("L = (w[i] - 1)^2")
@@ -219,15 +222,20 @@ def train(program, arrays: dict, wrt, lr: float = 0.01, steps: int = 100, of: st
         ([1.0, 1.0], 2.0)
     """
     wrt, of = _validate(program, arrays, wrt, of, lr, steps, method)
-    vg = program.value_and_grad(list(wrt), of=of).compile(functions)
-    current = {name: np.array(value, copy=True) for name, value in arrays.items()}
+    vg = program.value_and_grad(list(wrt), of=of).compile(functions, backend=backend)
+    library = backends.named(backend) if backend else backends.of(arrays.values())
+    if library.name in ("numpy", "numba"):
+        current = {name: np.array(value, copy=True) for name, value in arrays.items()}
+    else:  # updates make new arrays, so the caller's are untouched
+        current = {name: library.asarray(name, value) for name, value in arrays.items()}
     optimizer = _Optimizer(method, float(lr), momentum, betas, eps)
     losses, diverged = [], False
     with np.errstate(all="ignore"):  # a diverging run is reported below, not by numpy's overflow warnings
         for step in range(steps):
             value, grads = vg(**current)
             loss = float(value)
-            if not (math.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())):
+            # 0 * g sums to nan exactly where g has an inf or a nan, in any array library
+            if not (math.isfinite(loss) and all(math.isfinite(float((g * 0).sum())) for g in grads.values())):
                 diverged = True
                 break
             losses.append(loss)
@@ -235,7 +243,7 @@ def train(program, arrays: dict, wrt, lr: float = 0.01, steps: int = 100, of: st
                 callback(step, loss)
             for name in wrt:
                 current[name] = optimizer.step(name, current[name], grads[name], step + 1)
-        final = float("nan") if diverged else float(program.compile(of, functions)(**current))
+        final = float("nan") if diverged else float(program.compile(of, functions, backend=backend)(**current))
     if diverged or not math.isfinite(final):
         diverged = True
         warnings.warn(f"training diverged after {len(losses)} steps: the loss or a gradient is not finite; "

@@ -154,3 +154,21 @@ def test_training_float32_stays_float32():
         warnings.simplefilter("error", einmlp.EinmlpWarning)
         fit = einmlp.train(prog, arrays, wrt=["W1", "W2"], lr=1e-3, steps=20)
     assert fit.arrays["W1"].dtype == np.float32 and fit.loss < fit.losses[0]
+
+
+@pytest.mark.parametrize("method", ["sgd", "momentum", "adam"])
+def test_training_in_each_library_takes_numpys_steps(method):
+    """torch tensors train as torch tensors, and backend="numba" fuses: the same losses as numpy, step by step."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: training on torch is not tested")
+    pytest.importorskip("numba", reason="numba is not installed: fused training is not tested")
+    prog = einmlp.parse(ARTICLE_ACTIVATED)
+    arrays = teacher_arrays()
+    plain = einmlp.train(prog, arrays, wrt=["W1", "W2"], lr=2e-4, steps=30, method=method)
+    tensors = {n: torch.tensor(a) for n, a in arrays.items()}
+    on_torch = einmlp.train(prog, tensors, wrt=["W1", "W2"], lr=2e-4, steps=30, method=method)
+    fused = einmlp.train(prog, arrays, wrt=["W1", "W2"], lr=2e-4, steps=30, method=method, backend="numba")
+    assert isinstance(on_torch.arrays["W1"], torch.Tensor) and isinstance(fused.arrays["W1"], np.ndarray)
+    assert torch.equal(tensors["W1"], torch.tensor(arrays["W1"]))  # the caller's tensors are untouched
+    for fit in (on_torch, fused):
+        np.testing.assert_allclose(fit.losses, plain.losses, rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(fit.arrays["W2"]), plain.arrays["W2"], rtol=1e-9, atol=1e-12)
