@@ -100,10 +100,13 @@ class _Kernel:
             for _ in range(node.args[1].value - 1):
                 out = ast.BinOp(out, ast.Mult(), base)
             return out
-        if name == "heaviside":  # numba has no scalar heaviside: step' of relu
+        if name == "heaviside":  # numba has no scalar heaviside (relu'): 1, h at 0, 0, and nan stays nan
             x, h = self._scalar(node.args[0]), self._scalar(node.args[1])
-            return ast.IfExp(ast.Compare(x, [ast.Gt()], [ast.Constant(0.0)]), ast.Constant(1.0),
-                             ast.IfExp(ast.Compare(x, [ast.Eq()], [ast.Constant(0.0)]), h, ast.Constant(0.0)))
+
+            def test(op):
+                return ast.Compare(x, [op], [ast.Constant(0.0)])
+            return ast.IfExp(test(ast.Gt()), ast.Constant(1.0), ast.IfExp(
+                test(ast.Eq()), h, ast.IfExp(test(ast.Lt()), ast.Constant(0.0), x)))
         if name:
             return ast.Call(node.func, [self._scalar(a) for a in node.args], [])
         if isinstance(node, ast.BinOp):

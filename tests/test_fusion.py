@@ -122,3 +122,13 @@ def test_kernels_are_cached_on_disk_and_a_changed_file_is_rewritten(tmp_path, mo
     sys.modules.pop(file.stem, None)
     _same(prog.grad("W").compile(backend="numba")(**arrays), g.compile(backend="numpy")(**arrays))
     assert file.read_text() == module
+
+
+def test_edge_values_fuse_like_numpy():
+    """nan, infinities, zeros and negative numbers through relu', sqrt, abs (abs' is sign), division."""
+    prog = einmlp.parse("L = sum[i](relu(x[i]) * sqrt(abs(x[i])) * abs(x[i]) + 1 / (x[i] - 2) + relu(x[i])^2)")
+    x = np.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 0.5, 2.0, np.inf])
+    d = prog.grad("x")
+    with np.errstate(all="ignore"):
+        fused, plain = d.compile(backend="numba")(x=x), d.compile(backend="numpy")(x=x)
+    np.testing.assert_array_equal(fused, plain)  # the same nans and infinities, where they are
