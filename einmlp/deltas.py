@@ -203,8 +203,19 @@ def _expansion_size(e: sp.Expr) -> int:
 
 
 def expand(e: sp.Expr) -> sp.Expr:
-    """Expand as sympy does, unless that would make more than MAX_EXPANDED_TERMS terms."""
-    return sp.expand(e) if _expansion_size(e) <= MAX_EXPANDED_TERMS else e
+    """Multiply out products of sums, unless that would make more than MAX_EXPANDED_TERMS terms.
+
+    Denominators and function arguments are left as written: sympy would turn 1/(x - 2)^2
+    into 1/(x^2 - 4x + 4), which loses digits to cancellation near x = 2.
+    """
+    if _expansion_size(e) > MAX_EXPANDED_TERMS:
+        return e
+    kept = {a: sp.Dummy() for a in sp.preorder_traversal(e)
+            if (isinstance(a, sp.Pow) and a.exp.is_negative and a.base.is_Add)
+            or (isinstance(a, sp.Function) and any(arg.has(sp.Add) for arg in a.args))}
+    if not kept:
+        return sp.expand(e)
+    return sp.expand(e.xreplace(kept)).xreplace({d: a for a, d in kept.items()})
 
 
 @functools.lru_cache(maxsize=1 << 14)  # the same factor (1 - tanh(A)^2) recurs in many terms

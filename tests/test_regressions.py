@@ -322,3 +322,11 @@ def test_a_user_function_of_a_constant_is_checked_as_a_constant():
         einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(1)")
     prog = einmlp.parse("g(x) = x^3 - x\nH = T[k] / g(2)")
     np.testing.assert_allclose(prog.compile()(T=np.array([1.0, 2.0])), 3.0 / 6.0)
+
+
+def test_a_denominator_is_not_multiplied_out():
+    """d/dx of relu(x) + 1/(x - 2) is -1/(x - 2)^2, not -1/(4 + x^2 - 4x), which loses digits near x = 2."""
+    d = einmlp.parse("L = sum[i](relu(x[i]) + 1 / (x[i] - 2))").grad("x")
+    assert d.index_form == "-1/(-2 + x[m])**2 + step(x[m])"
+    x = np.array([2 + 1e-6, 2 - 3e-7])
+    np.testing.assert_allclose(d.compile()(x=x), -1 / (x - 2) ** 2 + (x > 0), rtol=1e-12)
