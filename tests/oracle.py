@@ -282,7 +282,8 @@ class _Evaluator:
             return _Val(a.array)
         if anp.ndim(a) != len(indices):
             raise OracleError(f"{name} has {anp.ndim(a)} axes, used with {len(indices)} indices")
-        a = a[tuple(i if isinstance(i, int) else slice(None) for i in indices)]
+        if any(isinstance(i, int) for i in indices):  # (a[()] of a 0-d input breaks autograd's second derivative)
+            a = a[tuple(i if isinstance(i, int) else slice(None) for i in indices)]
         names = [i for i in indices if isinstance(i, str)]
         while len(set(names)) < len(names):  # X[i,i]: the diagonal, by a mask and a sum
             q = next(k for k, n in enumerate(names) if names.index(n) < k)

@@ -6,7 +6,7 @@ autograd differentiates it. Each program's forward value (shape and entries), it
 or Hessian, and einmlp.check's finite differences are compared. In CI a few hundred
 programs run; on demand, as many as you like:
 
-    python -m pytest tests/test_programs.py --programs 10000 -s
+    python -m pytest tests/test_programs.py --programs 10000 -s [--programs-from 20000]
 
 The `-s` run prints, per chunk, how many programs were checked and the worst relative error.
 A failure names its class:
@@ -116,14 +116,15 @@ def _other_mode(prog, d):
     return einmlp.Derivation(prog, d.of, d.wrt, base=einmlp.Derivation(prog, d.of, d.wrt, mode=mode))
 
 
-def chunks(config_programs: int):
-    return [(start, min(start + CHUNK, config_programs)) for start in range(0, config_programs, CHUNK)]
+def chunks(config_programs: int, first: int = 0):
+    end = first + config_programs
+    return [(start, min(start + CHUNK, end)) for start in range(first, end, CHUNK)]
 
 
 def pytest_generate_tests(metafunc):
     if "chunk" in metafunc.fixturenames:
-        total = metafunc.config.getoption("--programs")
-        metafunc.parametrize("chunk", chunks(total), ids=[f"seeds{a}-{b - 1}" for a, b in chunks(total)])
+        found = chunks(metafunc.config.getoption("--programs"), metafunc.config.getoption("--programs-from"))
+        metafunc.parametrize("chunk", found, ids=[f"seeds{a}-{b - 1}" for a, b in found])
 
 
 def test_random_programs(chunk):
