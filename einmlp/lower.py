@@ -293,6 +293,9 @@ def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
 
 
 _SLOTS: list[sp.Symbol] = []
+# The one size-1 axis of an output, where the left-hand side writes it as 0: named "0", so that
+# comments still read C[i,0]. A fixed index is always 0 on an axis of length 1 (shapes checks it).
+_UNIT = sp.Symbol("0", integer=True)
 
 
 def _slot(position: int) -> sp.Symbol:
@@ -322,6 +325,10 @@ class Lowerer:
         self.inputs: dict[str, None] = {}
         self.abstract: dict[str, None] = {}
         self.count = 0
+        self.units = {(name, axis) for name, d in model.definitions.items()  # axes of length 1
+                      for axis, i in enumerate(d.indices) if i.is_Integer}
+        self.units |= {(e.base.label.name, axis) for d in model.definitions.values()
+                       for e in d.expr.atoms(sp.Indexed) for axis, i in enumerate(e.indices) if i.is_Integer}
 
     def size1_of(self, name: str) -> frozenset:
         """Axes of `name` declared with length 1 (a 0 on its left-hand side)."""
@@ -369,19 +376,20 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
+        form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
         sizes = dict(bindings)
         for t in form.terms:
             sizes.update({k: v for k, v in self._bindings(t).items() if k not in sizes})
 
         def size_of(i):
-            return "1" if i in _SLOTS else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
+            return "1" if i in _SLOTS or i == _UNIT else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
         parts, covered, arrays = [], set(), False
         for term in form.terms:
             var, indices, coeff = self.term(term, layout, size_of)
             arrays = arrays or bool(var)
             if var and indices:  # laid out over the layout, size-1 axes included
-                covered |= set(indices) | (set(layout) & set(_SLOTS))
+                covered |= set(indices) | (set(layout) & set(_SLOTS)) | {unit}
             part = align(var, indices, layout) if var else ""
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
@@ -390,6 +398,29 @@ class Lowerer:
         self.equations.append(Equation(out, "eval", (), code, comment))
         self.cache[code] = out
         return out
+
+    def unit_axis(self, form: IndexForm, bindings: dict) -> tuple[IndexForm, sp.Symbol | None]:
+        """`form` with every fixed index 0 read as its output's one size-1 axis, and that axis.
+
+        `C[i,0] = B[i,k] W2[k,0]` is then `B @ W2`, and dW2[m,n] = B[i,m] Cbar[i,0] delta(0,n),
+        with n of length 1, is `B.T @ Cbar`: no delta array, no views dropping and adding the axis.
+        """
+        units = [p for p, i in enumerate(form.free) if i.is_Integer or bindings.get(i) in self.units]
+        if len(units) != 1:
+            return form, None
+        entries = {e for t in form.terms for f in t.factors for e in f.atoms(sp.Indexed, sp.KroneckerDelta)}
+        if any(sum(i.is_Integer for i in e.indices) > 1 for e in entries if isinstance(e, sp.Indexed)):
+            return form, None
+        u = _UNIT if form.free[units[0]].is_Integer else form.free[units[0]]
+
+        def unit(e):
+            if isinstance(e, sp.Indexed):
+                return e.base[tuple(u if i.is_Integer else i for i in e.indices)]
+            return sp.KroneckerDelta(*[u if i.is_Integer else i for i in e.args])
+        swap = {e: unit(e) for e in entries if any(a.is_Integer for a in e.args)}
+        terms = tuple(replace(t, factors=tuple(f for f in (g.xreplace(swap) for g in t.factors) if f != 1))
+                      for t in form.terms)
+        return IndexForm(terms, tuple(u if p == units[0] else i for p, i in enumerate(form.free))), u
 
     def _bindings(self, term: Term) -> dict:
         found = {}
@@ -437,6 +468,9 @@ class Lowerer:
             self.need(p.base.label.name)
         number = term.coeff
         symbols = {i for i in order if i not in _SLOTS}
+        if not operands and len(fused) == 1 and fused[0][0] == symbols:  # one product: scaled inside it
+            _, var, local = self.fuse(fused[0][1], size_of, order, scale=(number, coeff_parts))
+            return var, local, ""
         for indices, members in fused:
             c, var, local = self.fuse(members, size_of, order if indices == symbols else None)
             number *= c
@@ -505,25 +539,36 @@ class Lowerer:
         spec = f"np.einsum('{_letters(ia, letter)},{_letters(ib, letter)}->{_letters(keep, letter)}', {va}, {vb})"
         return {k, m}, (self.emit(code, spec=spec), keep)
 
-    def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
+    def fuse(self, members: list, size_of, layout=None, scale=None) -> tuple[sp.Expr, str, tuple]:
         """One elementwise equation for a group of factors; returns (constant, variable, axes).
 
-        Numeric constants come out (they scale the smaller result instead), and factors
-        over fewer indices are multiplied first, so `Ytilde * f2'(C)` is formed over the batch
-        before it is broadcast against `f1'(A)`.
+        Numeric constants come out (they scale the smaller result instead), unless `scale`
+        (a number and scalar sources) asks to multiply them in: then onto the factors over
+        the fewest indices, one pass less than scaling the product. Factors over fewer indices
+        are multiplied first, so `Ytilde * f2'(C)` is formed over the batch before it is
+        broadcast against `f1'(A)`.
         """
         number, by_set = sp.S.One, {}
-        for member in members:
-            c, rest = inline_definitions(member).as_coeff_Mul()
+        widest = max(members, key=lambda f: len(free_indices(f)))
+        local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
+        for member in [inline_definitions(m) for m in members]:
+            c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
-        widest = max(members, key=lambda f: len(free_indices(f)))
-        local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
         codes = {key: f"({c})" if len(by_set[key]) > 1 else c for key, c in codes.items()}
+        if scale is not None:
+            number *= scale[0]
+            factor = "*".join(([printer.atom(number)] if number != 1 else []) + list(scale[1]))
+            if factor and codes:
+                smallest = min(codes, key=len)
+                codes[smallest] = f"{factor}*{codes[smallest]}"
+            elif factor:
+                codes[frozenset()] = factor
+            number = sp.S.One
         column, row = frozenset(local[:1]), frozenset(local[1:])
         if len(local) == 2 and column in codes and row in codes:  # an outer product: BLAS, not broadcasting
             outer = f"{codes.pop(column)} @ {codes.pop(row)}"
