@@ -22,6 +22,7 @@ import functools
 import keyword
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
@@ -325,6 +326,7 @@ class Lowerer:
         self.inputs: dict[str, None] = {}
         self.abstract: dict[str, None] = {}
         self.count = 0
+        self.computed: set[str] = set()   # temporaries that expressions read as tensors
         self.units = {(name, axis) for name, d in model.definitions.items()  # axes of length 1
                       for axis, i in enumerate(d.indices) if i.is_Integer}
         self.units |= {(e.base.label.name, axis) for d in model.definitions.values()
@@ -340,6 +342,8 @@ class Lowerer:
         return f"_t{self.count}"
 
     def var_of(self, name: str) -> str:
+        if name in self.computed:
+            return name
         self.need(name)
         return variable(name)
 
@@ -493,7 +497,7 @@ class Lowerer:
         """
         operands = list(operands)
         while len(operands) > 1:
-            step = self._hadamard(operands) or self._pair(operands, out)
+            step = self._hadamard(operands) or self._pair(operands, out) or self._scale(operands, out)
             if step is None:
                 break
             used, result = step
@@ -509,6 +513,25 @@ class Lowerer:
                 if set(ia) == set(ib) and len(set(ia)) == len(ia) and len(set(ib)) == len(ib):
                     code = f"{align(va, ia, list(ia))}*{align(vb, ib, list(ia))}"
                     return {k, m}, (self.emit(code), tuple(ia))
+        return None
+
+    def _scale(self, operands, out):
+        """A factor over some of another's axes, broadcast into it.
+
+        `X.T @ diag(s) @ X` becomes `X.T @ (X*s[:, None])`, a matrix product, where one einsum
+        would loop over three operands. Only where products are left to do, or where the product
+        is the result (no sum after it).
+        """
+        unique = [len(set(ix)) == len(ix) for _, ix in operands]
+        for k, (vs, small) in sorted(enumerate(operands), key=lambda o: len(o[1][1])):
+            bigger = [(len(ix), m) for m, (_, ix) in enumerate(operands)
+                      if m != k and unique[m] and set(small) < set(ix)]
+            if not unique[k] or not bigger:
+                continue
+            m = min(bigger)[1]
+            vb, ib = operands[m]
+            if len(operands) > 2 or set(ib) == set(out):
+                return {k, m}, (self.emit(f"{vb}*{align(vs, small, list(ib))}"), tuple(ib))
         return None
 
     def _pair(self, operands, out):
@@ -551,7 +574,7 @@ class Lowerer:
         number, by_set = sp.S.One, {}
         widest = max(members, key=lambda f: len(free_indices(f)))
         local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
-        for member in [inline_definitions(m) for m in members]:
+        for member in self.once([inline_definitions(m) for m in members], local, size_of):
             c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
@@ -577,6 +600,22 @@ class Lowerer:
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
         return number, self.emit(code, " * ".join(map(index_str, members))), tuple(local)
+
+    def once(self, exprs: list, local: list, size_of) -> list:
+        """`exprs` with each call that occurs more than once computed once, over its own axes.
+
+        sigmoid(z) in sigmoid(z) (1 - sigmoid(z)) is evaluated once, not twice.
+        """
+        counts = Counter(e for x in exprs for e in sp.preorder_traversal(x)
+                         if isinstance(e, sp.Function) and free_indices(e))
+        repeated = [e for e, n in counts.items() if n > 1]
+        swap = {}
+        for call in [e for e in repeated if not any(r != e and r.has(e) for r in repeated)]:
+            axes = [i for i in local if i in free_indices(call)]
+            var = self.emit(_Printer(axes, size_of, self.var_of, self.size1_of).p(call), index_str(call))
+            self.computed.add(var)
+            swap[call] = sp.IndexedBase(var)[tuple(axes)]
+        return [x.xreplace(swap) for x in exprs] if swap else exprs
 
     def einsum(self, operands, out_indices) -> str:
         letter: dict = {}
