@@ -208,8 +208,13 @@ class _Printer:
         return code if simple else f"({code})"
 
     def add(self, e: sp.Add) -> str:
+        terms = list(sp.Add.make_args(e))
+        first = next((t for t in terms if t.as_coeff_Mul()[0] >= 0), None)
+        if first is not None:  # Y - Yhat, one operation, where -Yhat + Y is two
+            terms.remove(first)
+            terms.insert(0, first)
         out = ""
-        for k, term in enumerate(sp.Add.make_args(e)):
+        for k, term in enumerate(terms):
             c, rest = term.as_coeff_Mul()
             if c < 0:  # a subtracted sum (or a function inlined to one) needs parentheses
                 out += (" - " if k else "-") + (self.p(-term) if (-term).is_Mul or (-term).is_Pow else self.atom(-term))
