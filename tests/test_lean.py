@@ -121,3 +121,15 @@ def test_all_gradients_of_a_deep_mlp_keep_about_what_backprop_by_hand_keeps():
     for name, value in fn(**arrays).items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-10, atol=1e-12)
     assert peaks[0] < 1.5 * peaks[1], peaks
+
+
+def test_a_batched_transformer_runs_its_products_as_matmul():
+    """X[b,t,e] W[e,d] is X @ W, and a weight gradient summed over batch and sequence one product."""
+    sys.path.insert(0, str(DERIVATIONS.parent / "benchmarks"))
+    from bench_derive import TRANSFORMER_WEIGHTS, transformer, transformer_arrays
+    grads = einmlp.parse(transformer(4)).grad(TRANSFORMER_WEIGHTS)
+    text = str(grads.plan)
+    assert "K = X @ Wk" in text and "Q @ np.transpose(K, (0, 2, 1))" in text, text
+    assert "np.reshape(X, (-1, X.shape[-1])).T @ np.reshape(Qbar, (-1, Qbar.shape[-1]))" in text, text
+    arrays = transformer_arrays(batch=2, seq=3, width=4, hidden=5)
+    assert einmlp.check(grads, arrays).ok
