@@ -16,7 +16,7 @@ import opt_einsum as oe
 
 from .errors import EinmlpError, ShapeError, UnknownNameError
 from .functions import near_builtin
-from .lower import EinsumPlan
+from .lower import EinsumPlan, reads
 
 
 class Contraction:
@@ -103,9 +103,6 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     return body
 
 
-_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
-
-
 def _dead_after(plan: EinsumPlan) -> dict[int, list[str]]:
     """Equation k -> the variables it reads for the last time (not the outputs).
 
@@ -115,7 +112,7 @@ def _dead_after(plan: EinsumPlan) -> dict[int, list[str]]:
     assigned = {eq.out for eq in plan.equations} - set(plan.outputs.values())
     last: dict[str, int] = {}
     for k, eq in enumerate(plan.equations):
-        for read in set(_NAME.findall(eq.code or eq.text)) | set(eq.args):
+        for read in reads(eq):
             if read in assigned and read != eq.out:
                 last[read] = k
     dead: dict[int, list[str]] = {}

@@ -687,8 +687,49 @@ class Lowerer:
 
     def plan(self, outputs: dict[str, str]) -> EinsumPlan:
         inputs = tuple(n for n in self.model.inputs if n in self.inputs)
-        return EinsumPlan(inputs, _name_directly(self.equations, outputs), outputs, tuple(self.abstract),
-                          {n: variable(n) for n in self.defined})
+        equations = _name_directly(self.equations, outputs)
+        if len(outputs) > 1:
+            equations = _early(equations, set(outputs.values()))
+        return EinsumPlan(inputs, equations, outputs, tuple(self.abstract), {n: variable(n) for n in self.defined})
+
+
+NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # a name an equation may read
+
+
+def reads(e: Equation) -> set[str]:
+    """Every name an equation's source mentions (a few more than it reads: never fewer)."""
+    return set(NAME.findall(e.code or e.text)) | set(e.args)
+
+
+def _early(equations: tuple[Equation, ...], outputs: set[str]) -> tuple[Equation, ...]:
+    """Each result (and what only it reads) computed as soon as its operands are.
+
+    dW2 = H1.T @ Bbar comes right after Bbar, not after every other adjoint: Bbar is dead sooner,
+    so all gradients of a deep network keep about one adjoint alive at a time, as backprop does.
+    """
+    position = {e.out: k for k, e in enumerate(equations)}
+    deps = [{position[r] for r in reads(e) if position.get(r, k) < k} for k, e in enumerate(equations)]
+    readers: dict[int, set] = {}
+    for k, ds in enumerate(deps):
+        for d in ds:
+            readers.setdefault(d, set()).add(k)
+    late: set[int] = set()
+    for k in reversed(range(len(equations))):
+        if equations[k].out in outputs or readers.get(k) and readers[k] <= late:
+            late.add(k)
+    order: list[int] = []
+    waiting = sorted(late)
+
+    def place_ready():
+        while ready := [k for k in waiting if deps[k] <= set(order)]:
+            order.extend(ready)
+            waiting[:] = [k for k in waiting if k not in ready]
+    place_ready()
+    for k in range(len(equations)):
+        if k not in late:
+            order.append(k)
+            place_ready()
+    return tuple(equations[k] for k in order)
 
 
 def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, ...]:
