@@ -97,8 +97,21 @@ def _letters(indices, letter_of) -> str:
 def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset()) -> str:
     """Numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
 
-    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`.
+    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`. A fixed
+    index is always on an axis of length 1, which broadcasts like a missing one: `W2[k,0]` laid
+    out over (i, k) is `W2.T`.
     """
+    fixed = [p for p, i in enumerate(indices) if i.is_Integer]
+    missing = [o for o in order if o not in indices]
+    symbols = [i for i in indices if not i.is_Integer]
+    if fixed and len(fixed) == len(missing) and len(set(symbols)) == len(symbols) and set(symbols) <= set(order):
+        standing = list(indices)
+        for p, o in zip(fixed, missing):
+            standing[p] = o
+        perm = [standing.index(o) for o in order]
+        if perm == list(range(len(perm))):
+            return var
+        return f"{var}.T" if len(perm) == 2 else f"np.transpose({var}, {tuple(perm)})"
     if len(indices) == len(order) and all(i == o or (i.is_Integer and o not in indices)
                                           for i, o in zip(indices, order)):
         if all(i.is_Symbol or p in size1 for p, i in enumerate(indices)):
