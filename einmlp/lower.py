@@ -30,7 +30,7 @@ from opt_einsum import get_symbol
 
 from .deltas import IndexForm, Term, normalize
 from .errors import EinmlpError, IndexNotationError
-from .functions import PARAM, UserFunction, numpy_source
+from .functions import PARAM, UserFunction, numpy_source, sigmoid
 from .grad import Names
 from .render import index_str
 from .symbolic import Extent, Model, free_indices, index_names
@@ -177,6 +177,25 @@ def _uses(e: sp.Expr) -> int:
     if isinstance(e, UserFunction) and type(e).definition is not None:
         return _body_size(type(e))[1] * _uses(e.args[0])
     return sum(_uses(a) for a in e.args)
+
+
+def _nonnegative(e: sp.Expr) -> bool:
+    """Whether `e` is provably >= 0 everywhere: products and even powers of sigmoids, exps, squares.
+
+    Enough for the Gram matrices of Hessians: sigmoid(z) (1 - sigmoid(z)) is never negative.
+    """
+    if e.is_Number:
+        return e >= 0
+    if isinstance(e, sp.Mul):
+        return all(_nonnegative(f) for f in e.args)
+    if isinstance(e, sp.Pow):
+        return (e.exp.is_Integer and e.exp % 2 == 0) or _nonnegative(e.base)
+    if isinstance(e, (sigmoid, sp.exp)):
+        return True
+    if isinstance(e, sp.Add) and len(e.args) == 2:  # 1 - sigmoid(x)
+        one, other = sorted(e.args, key=lambda a: not a.is_Number)
+        return one == 1 and isinstance(-other, sigmoid)
+    return False
 
 
 class _Printer:
@@ -384,6 +403,7 @@ class Lowerer:
         self.abstract: dict[str, None] = {}
         self.count = 0
         self.computed: set[str] = set()   # temporaries that expressions read as tensors
+        self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
         self.units = {(name, axis) for name, d in model.definitions.items()  # axes of length 1
                       for axis, i in enumerate(d.indices) if i.is_Integer}
         self.units |= {(e.base.label.name, axis) for d in model.definitions.values()
@@ -554,11 +574,12 @@ class Lowerer:
         """
         operands = list(operands)
         while len(operands) > 1:
-            step = self._hadamard(operands) or self._pair(operands, out) or self._scale(operands, out)
+            step = self._hadamard(operands) or self._pair(operands, out) or self._gram(operands, out) \
+                or self._scale(operands, out)
             if step is None:
                 break
-            used, result = step
-            operands = [o for k, o in enumerate(operands) if k not in used] + [result]
+            used, *results = step
+            operands = [o for k, o in enumerate(operands) if k not in used] + results
         if len(operands) == 1 and set(operands[0][1]) == set(out) and len(operands[0][1]) == len(out):
             return operands[0]
         return self.einsum(operands, out), out
@@ -570,6 +591,27 @@ class Lowerer:
                 if set(ia) == set(ib) and len(set(ia)) == len(ia) and len(set(ib)) == len(ib):
                     code = f"{align(va, ia, list(ia))}*{align(vb, ib, list(ia))}"
                     return {k, m}, (self.emit(code), tuple(ia))
+        return None
+
+    def _gram(self, operands, out):
+        """X.T @ diag(s) @ X with s >= 0 as Xs.T @ Xs, where Xs = X*sqrt(s).
+
+        numpy's matmul of one array with its own transpose is BLAS syrk, half the work of a
+        general product.
+        """
+        if len(operands) != 3:
+            return None
+        for k, (vs, small) in enumerate(operands):
+            (va, ia), (vb, ib) = [o for m, o in enumerate(operands) if m != k]
+            if vs not in self.nonnegative or va != vb or len(ia) != 2 or len(ib) != 2 or len(set(small)) < len(small):
+                continue
+            shared = [i for i in ia if i in ib]
+            if len(shared) != 1 or ia.index(shared[0]) != ib.index(shared[0]) or tuple(small) != tuple(shared) \
+                    or shared[0] in out or ia == ib:
+                continue
+            scaled = self.emit(f"{va}*{align(f'np.sqrt({vs})', small, list(ia))}")
+            other = tuple(shared[0] if i == shared[0] else next(j for j in ib if j != shared[0]) for i in ia)
+            return {0, 1, 2}, (scaled, tuple(ia)), (scaled, other)
         return None
 
     def _scale(self, operands, out):
@@ -631,7 +673,9 @@ class Lowerer:
         number, by_set = sp.S.One, {}
         widest = max(members, key=lambda f: len(free_indices(f)))
         local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
-        for member in self.once([inline_definitions(m) for m in members], local, size_of):
+        written = [inline_definitions(m) for m in members]
+        nonnegative = all(_nonnegative(m.as_coeff_Mul()[1]) for m in written)
+        for member in self.once(written, local, size_of):
             c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
@@ -656,7 +700,10 @@ class Lowerer:
             codes[full] = f"({outer})*{codes[full]}" if full in codes else (f"({outer})" if codes else outer)
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
-        return number, self.emit(code, " * ".join(map(index_str, members))), tuple(local)
+        var = self.emit(code, " * ".join(map(index_str, members)))
+        if nonnegative and scale is None:
+            self.nonnegative.add(var)
+        return number, var, tuple(local)
 
     def once(self, exprs: list, local: list, size_of) -> list:
         """`exprs` with each call that occurs more than once computed once, over its own axes.

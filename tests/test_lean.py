@@ -63,6 +63,7 @@ def test_the_logistic_hessian_is_a_scaled_matrix_product():
     h = prog.hessian("w")
     text = str(h.plan)
     assert "einsum" not in text and "@" in text, text
+    assert re.search(r"(_t\d+)\.T @ \1\b", text), text  # Xs.T @ Xs: BLAS syrk, s(1-s) being >= 0
     assert text.count("logaddexp") == 1, text
     rng = np.random.default_rng(0)
     arrays = {"X": rng.standard_normal((30, 4)), "w": rng.standard_normal(4), "y": (rng.random(30) > 0.5) * 1.0}
@@ -133,3 +134,12 @@ def test_a_batched_transformer_runs_its_products_as_matmul():
     assert "np.reshape(X, (-1, X.shape[-1])).T @ np.reshape(Qbar, (-1, Qbar.shape[-1]))" in text, text
     arrays = transformer_arrays(batch=2, seq=3, width=4, hidden=5)
     assert einmlp.check(grads, arrays).ok
+
+
+def test_a_hessian_with_a_scale_of_either_sign_is_no_gram_matrix():
+    """Only a scale that is never negative may be split into square roots: tanh' * (y - t) is not."""
+    prog = einmlp.parse("z[b] = X[b,d] w[d]\nL = (tanh(z[b]) - y[b])^2")
+    h = prog.hessian("w")
+    assert "np.sqrt" not in str(h.plan), str(h.plan)
+    rng = np.random.default_rng(1)
+    assert_gradient(h, {"X": rng.standard_normal((9, 3)), "w": rng.standard_normal(3), "y": rng.standard_normal(9)})
