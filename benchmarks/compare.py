@@ -74,6 +74,8 @@ def keep_freed_memory() -> str:
 def settings(allocator: str) -> list[str]:
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
              f"numpy {np.__version__}, einmlp {einmlp.__version__}",
+             f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+             "(other work on the machine: compare with --threads 1)",
              f"allocator: {allocator}"]
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                       "XLA_FLAGS", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
