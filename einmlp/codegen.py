@@ -17,7 +17,7 @@ import opt_einsum as oe
 from . import fusion
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
-from .lower import EinsumPlan
+from .lower import EinsumPlan, reads
 
 
 class Contraction:
@@ -76,7 +76,10 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     """
     args = [plan.variables[n] for n in plan.inputs] + (["_functions"] if plan.abstract else [])
     lines = [f"def {name}({', '.join(args)}):"]
+    dead = {} if standalone else _dead_after(plan)
     for k, eq in enumerate(plan.equations):
+        if k - 1 in dead:
+            lines.append(f"    del {', '.join(dead[k - 1])}")
         if standalone and eq.comment and _PRINTABLE.fullmatch(eq.comment):
             lines.append(f"    # {eq.comment}")
         if eq.op == "einsum" and einsum:
@@ -98,6 +101,24 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
         imports = "import numpy as np\n" + ("" if einsum else "import opt_einsum as oe\n")
         return imports + "\n\n" + _HELPERS + "\n\n" + body
     return body
+
+
+def _dead_after(plan: EinsumPlan) -> dict[int, list[str]]:
+    """Equation k -> the variables it reads for the last time (not the outputs).
+
+    Deleting them there frees each temporary as soon as it is dead, so the peak memory of all
+    gradients of a deep network is close to that of backprop by hand.
+    """
+    assigned = {eq.out for eq in plan.equations} - set(plan.outputs.values())
+    last: dict[str, int] = {}
+    for k, eq in enumerate(plan.equations):
+        for read in reads(eq):
+            if read in assigned and read != eq.out:
+                last[read] = k
+    dead: dict[int, list[str]] = {}
+    for var, k in last.items():
+        dead.setdefault(k, []).append(var)
+    return {k: sorted(v) for k, v in dead.items()}
 
 
 def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Callable] | None:

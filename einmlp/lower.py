@@ -22,6 +22,7 @@ import functools
 import keyword
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
@@ -29,7 +30,7 @@ from opt_einsum import get_symbol
 
 from .deltas import IndexForm, Term, normalize
 from .errors import EinmlpError, IndexNotationError
-from .functions import PARAM, UserFunction, numpy_source
+from .functions import PARAM, UserFunction, numpy_source, sigmoid
 from .grad import Names
 from .render import index_str
 from .symbolic import Extent, Model, free_indices, index_names
@@ -96,8 +97,21 @@ def _letters(indices, letter_of) -> str:
 def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset()) -> str:
     """Numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
 
-    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`.
+    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`. A fixed
+    index is always on an axis of length 1, which broadcasts like a missing one: `W2[k,0]` laid
+    out over (i, k) is `W2.T`.
     """
+    fixed = [p for p, i in enumerate(indices) if i.is_Integer]
+    missing = [o for o in order if o not in indices]
+    symbols = [i for i in indices if not i.is_Integer]
+    if fixed and len(fixed) == len(missing) and len(set(symbols)) == len(symbols) and set(symbols) <= set(order):
+        standing = list(indices)
+        for p, o in zip(fixed, missing):
+            standing[p] = o
+        perm = [standing.index(o) for o in order]
+        if perm == list(range(len(perm))):
+            return var
+        return f"{var}.T" if len(perm) == 2 else f"np.transpose({var}, {tuple(perm)})"
     if len(indices) == len(order) and all(i == o or (i.is_Integer and o not in indices)
                                           for i, o in zip(indices, order)):
         if all(i.is_Symbol or p in size1 for p, i in enumerate(indices)):
@@ -165,6 +179,25 @@ def _uses(e: sp.Expr) -> int:
     return sum(_uses(a) for a in e.args)
 
 
+def _nonnegative(e: sp.Expr) -> bool:
+    """Whether `e` is provably >= 0 everywhere: products and even powers of sigmoids, exps, squares.
+
+    Enough for the Gram matrices of Hessians: sigmoid(z) (1 - sigmoid(z)) is never negative.
+    """
+    if e.is_Number:
+        return e >= 0
+    if isinstance(e, sp.Mul):
+        return all(_nonnegative(f) for f in e.args)
+    if isinstance(e, sp.Pow):
+        return (e.exp.is_Integer and e.exp % 2 == 0) or _nonnegative(e.base)
+    if isinstance(e, (sigmoid, sp.exp)):
+        return True
+    if isinstance(e, sp.Add) and len(e.args) == 2:  # 1 - sigmoid(x)
+        one, other = sorted(e.args, key=lambda a: not a.is_Number)
+        return one == 1 and isinstance(-other, sigmoid)
+    return False
+
+
 class _Printer:
     """numpy source for an elementwise sympy expression laid out over `order`."""
 
@@ -212,8 +245,13 @@ class _Printer:
         return code if simple else f"({code})"
 
     def add(self, e: sp.Add) -> str:
+        terms = list(sp.Add.make_args(e))
+        first = next((t for t in terms if t.as_coeff_Mul()[0] >= 0), None)
+        if first is not None:  # Y - Yhat, one operation, where -Yhat + Y is two
+            terms.remove(first)
+            terms.insert(0, first)
         out = ""
-        for k, term in enumerate(sp.Add.make_args(e)):
+        for k, term in enumerate(terms):
             c, rest = term.as_coeff_Mul()
             if c < 0:  # a subtracted sum (or a function inlined to one) needs parentheses
                 out += (" - " if k else "-") + (self.p(-term) if (-term).is_Mul or (-term).is_Pow else self.atom(-term))
@@ -263,15 +301,51 @@ def _matmul(a: tuple, b: tuple, out: tuple) -> str:
     (va, ia), (vb, ib) = a, b
     shared = [i for i in ia if i in ib]
     rows, cols = [i for i in ia if i not in shared], [i for i in ib if i not in shared]
-    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(shared) != 1 or len(rows) > 1 or len(cols) > 1:
-        return _batched_matmul(a, b, out)
-    if any(i in out for i in shared) or set(rows + cols) != set(out):
-        return _batched_matmul(a, b, out)
+    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(shared) != 1 or len(rows) > 1 or len(cols) > 1 \
+            or any(i in out for i in shared) or set(rows + cols) != set(out):
+        return _batched_matmul(a, b, out) or _leading_matmul(a, b, out) or _flattened_matmul(a, b, out)
     if list(out) != rows + cols:
         (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
     left = va if list(ia) == rows + shared else f"{va}.T"
     right = vb if list(ib) == shared + cols else f"{vb}.T"
     return f"{left} @ {right}"
+
+
+def _leading_matmul(a: tuple, b: tuple, out: tuple) -> str:
+    """`X @ W` for a matrix applied to one axis of an array with more: X[b,t,e] W[e,d], else "".
+
+    numpy's matmul broadcasts the matrix over the leading axes: one BLAS call, no einsum.
+    """
+    for (vm, im), (vx, ix) in ((a, b), (b, a)):
+        if len(im) != 2 or len(set(im)) < 2 or len(ix) < 3 or len(set(ix)) < len(ix):
+            continue
+        shared = [i for i in im if i in ix]
+        if len(shared) != 1 or shared[0] in out:
+            continue
+        summed, col = shared[0], im[1] if im[0] == shared[0] else im[0]
+        lead = [i for i in ix if i != summed]
+        if col in ix or set(out) != set(lead) | {col} or len(out) != len(lead) + 1:
+            continue
+        code = f"{_arranged(vx, tuple(ix), lead + [summed])} @ {vm if im[0] == summed else vm + '.T'}"
+        result = lead + [col]
+        return code if result == list(out) else f"np.transpose({code}, {tuple(result.index(i) for i in out)})"
+    return ""
+
+
+def _flattened_matmul(a: tuple, b: tuple, out: tuple) -> str:
+    """`X2.T @ G2` for a sum over the same leading axes of both: X[b,t,m] G[b,t,n], else "".
+
+    The leading axes are flattened into one (a reshape), so the weight gradient of a batch of
+    sequences is one matrix product.
+    """
+    (va, ia), (vb, ib) = a, b
+    if len(ia) < 3 or len(ia) != len(ib) or ia[:-1] != ib[:-1] or len(set(ia)) < len(ia) or len(set(ib)) < len(ib):
+        return ""
+    p, q = ia[-1], ib[-1]
+    if p == q or set(out) != {p, q} or len(out) != 2:
+        return ""
+    left, right = (va, vb) if list(out) == [p, q] else (vb, va)
+    return f"np.reshape({left}, (-1, {left}.shape[-1])).T @ np.reshape({right}, (-1, {right}.shape[-1]))"
 
 
 def _arranged(var: str, indices: tuple, order: list) -> str:
@@ -292,12 +366,18 @@ def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
     rows, cols = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
     if not batch or len(summed) != 1 or len(rows) != 1 or len(cols) != 1 or set(out) != set(batch + rows + cols):
         return ""
-    code = f"{_arranged(va, tuple(ia), batch + rows + summed)} @ {_arranged(vb, tuple(ib), batch + summed + cols)}"
     result = batch + rows + cols
+    if result != list(out) and batch + cols + rows == list(out):  # Q @ K^T, not (K @ Q^T)^T
+        (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
+        result = list(out)
+    code = f"{_arranged(va, tuple(ia), batch + rows + summed)} @ {_arranged(vb, tuple(ib), batch + summed + cols)}"
     return code if result == list(out) else f"np.transpose({code}, {tuple(result.index(i) for i in out)})"
 
 
 _SLOTS: list[sp.Symbol] = []
+# The one size-1 axis of an output, where the left-hand side writes it as 0: named "0", so that
+# comments still read C[i,0]. A fixed index is always 0 on an axis of length 1 (shapes checks it).
+_UNIT = sp.Symbol("0", integer=True)
 
 
 def _slot(position: int) -> sp.Symbol:
@@ -327,6 +407,12 @@ class Lowerer:
         self.inputs: dict[str, None] = {}
         self.abstract: dict[str, None] = {}
         self.count = 0
+        self.computed: set[str] = set()   # temporaries that expressions read as tensors
+        self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
+        self.units = {(name, axis) for name, d in model.definitions.items()  # axes of length 1
+                      for axis, i in enumerate(d.indices) if i.is_Integer}
+        self.units |= {(e.base.label.name, axis) for d in model.definitions.values()
+                       for e in d.expr.atoms(sp.Indexed) for axis, i in enumerate(e.indices) if i.is_Integer}
 
     def size1_of(self, name: str) -> frozenset:
         """Axes of `name` declared with length 1 (a 0 on its left-hand side)."""
@@ -338,6 +424,8 @@ class Lowerer:
         return f"_t{self.count}"
 
     def var_of(self, name: str) -> str:
+        if name in self.computed:
+            return name
         self.need(name)
         return variable(name)
 
@@ -374,19 +462,20 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
+        form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
         sizes = dict(bindings)
         for t in form.terms:
             sizes.update({k: v for k, v in self._bindings(t).items() if k not in sizes})
 
         def size_of(i):
-            return "1" if i in _SLOTS else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
+            return "1" if i in _SLOTS or i == _UNIT else f"{self.var_of(sizes[i][0])}.shape[{sizes[i][1]}]"
         parts, covered, arrays = [], set(), False
         for term in form.terms:
             var, indices, coeff = self.term(term, layout, size_of)
             arrays = arrays or bool(var)
             if var and indices:  # laid out over the layout, size-1 axes included
-                covered |= set(indices) | (set(layout) & set(_SLOTS))
+                covered |= set(indices) | (set(layout) & set(_SLOTS)) | {unit}
             part = align(var, indices, layout) if var else ""
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
@@ -395,6 +484,29 @@ class Lowerer:
         self.equations.append(Equation(out, "eval", (), code, comment))
         self.cache[code] = out
         return out
+
+    def unit_axis(self, form: IndexForm, bindings: dict) -> tuple[IndexForm, sp.Symbol | None]:
+        """`form` with every fixed index 0 read as its output's one size-1 axis, and that axis.
+
+        `C[i,0] = B[i,k] W2[k,0]` is then `B @ W2`, and dW2[m,n] = B[i,m] Cbar[i,0] delta(0,n),
+        with n of length 1, is `B.T @ Cbar`: no delta array, no views dropping and adding the axis.
+        """
+        units = [p for p, i in enumerate(form.free) if i.is_Integer or bindings.get(i) in self.units]
+        if len(units) != 1:
+            return form, None
+        entries = {e for t in form.terms for f in t.factors for e in f.atoms(sp.Indexed, sp.KroneckerDelta)}
+        if any(sum(i.is_Integer for i in e.indices) > 1 for e in entries if isinstance(e, sp.Indexed)):
+            return form, None
+        u = _UNIT if form.free[units[0]].is_Integer else form.free[units[0]]
+
+        def unit(e):
+            if isinstance(e, sp.Indexed):
+                return e.base[tuple(u if i.is_Integer else i for i in e.indices)]
+            return sp.KroneckerDelta(*[u if i.is_Integer else i for i in e.args])
+        swap = {e: unit(e) for e in entries if any(a.is_Integer for a in e.args)}
+        terms = tuple(replace(t, factors=tuple(f for f in (g.xreplace(swap) for g in t.factors) if f != 1))
+                      for t in form.terms)
+        return IndexForm(terms, tuple(u if p == units[0] else i for p, i in enumerate(form.free))), u
 
     def _bindings(self, term: Term) -> dict:
         found = {}
@@ -442,6 +554,9 @@ class Lowerer:
             self.need(p.base.label.name)
         number = term.coeff
         symbols = {i for i in order if i not in _SLOTS}
+        if not operands and len(fused) == 1 and fused[0][0] == symbols:  # one product: scaled inside it
+            _, var, local = self.fuse(fused[0][1], size_of, order, scale=(number, coeff_parts))
+            return var, local, ""
         for indices, members in fused:
             c, var, local = self.fuse(members, size_of, order if indices == symbols else None)
             number *= c
@@ -464,11 +579,12 @@ class Lowerer:
         """
         operands = list(operands)
         while len(operands) > 1:
-            step = self._hadamard(operands) or self._pair(operands, out)
+            step = self._hadamard(operands) or self._pair(operands, out) or self._gram(operands, out) \
+                or self._scale(operands, out)
             if step is None:
                 break
-            used, result = step
-            operands = [o for k, o in enumerate(operands) if k not in used] + [result]
+            used, *results = step
+            operands = [o for k, o in enumerate(operands) if k not in used] + results
         if len(operands) == 1 and set(operands[0][1]) == set(out) and len(operands[0][1]) == len(out):
             return operands[0]
         return self.einsum(operands, out), out
@@ -480,6 +596,46 @@ class Lowerer:
                 if set(ia) == set(ib) and len(set(ia)) == len(ia) and len(set(ib)) == len(ib):
                     code = f"{align(va, ia, list(ia))}*{align(vb, ib, list(ia))}"
                     return {k, m}, (self.emit(code), tuple(ia))
+        return None
+
+    def _gram(self, operands, out):
+        """X.T @ diag(s) @ X with s >= 0 as Xs.T @ Xs, where Xs = X*sqrt(s).
+
+        numpy's matmul of one array with its own transpose is BLAS syrk, half the work of a
+        general product.
+        """
+        if len(operands) != 3:
+            return None
+        for k, (vs, small) in enumerate(operands):
+            (va, ia), (vb, ib) = [o for m, o in enumerate(operands) if m != k]
+            if vs not in self.nonnegative or va != vb or len(ia) != 2 or len(ib) != 2 or len(set(small)) < len(small):
+                continue
+            shared = [i for i in ia if i in ib]
+            if len(shared) != 1 or ia.index(shared[0]) != ib.index(shared[0]) or tuple(small) != tuple(shared) \
+                    or shared[0] in out or ia == ib:
+                continue
+            scaled = self.emit(f"{va}*{align(f'np.sqrt({vs})', small, list(ia))}")
+            other = tuple(shared[0] if i == shared[0] else next(j for j in ib if j != shared[0]) for i in ia)
+            return {0, 1, 2}, (scaled, tuple(ia)), (scaled, other)
+        return None
+
+    def _scale(self, operands, out):
+        """A factor over some of another's axes, broadcast into it.
+
+        `X.T @ diag(s) @ X` becomes `X.T @ (X*s[:, None])`, a matrix product, where one einsum
+        would loop over three operands. Only where products are left to do, or where the product
+        is the result (no sum after it).
+        """
+        unique = [len(set(ix)) == len(ix) for _, ix in operands]
+        for k, (vs, small) in sorted(enumerate(operands), key=lambda o: len(o[1][1])):
+            bigger = [(len(ix), m) for m, (_, ix) in enumerate(operands)
+                      if m != k and unique[m] and set(small) < set(ix)]
+            if not unique[k] or not bigger:
+                continue
+            m = min(bigger)[1]
+            vb, ib = operands[m]
+            if len(operands) > 2 or set(ib) == set(out):
+                return {k, m}, (self.emit(f"{vb}*{align(vs, small, list(ib))}"), tuple(ib))
         return None
 
     def _pair(self, operands, out):
@@ -510,25 +666,38 @@ class Lowerer:
         spec = f"np.einsum('{_letters(ia, letter)},{_letters(ib, letter)}->{_letters(keep, letter)}', {va}, {vb})"
         return {k, m}, (self.emit(code, spec=spec), keep)
 
-    def fuse(self, members: list, size_of, layout=None) -> tuple[sp.Expr, str, tuple]:
+    def fuse(self, members: list, size_of, layout=None, scale=None) -> tuple[sp.Expr, str, tuple]:
         """One elementwise equation for a group of factors; returns (constant, variable, axes).
 
-        Numeric constants come out (they scale the smaller result instead), and factors
-        over fewer indices are multiplied first, so `Ytilde * f2'(C)` is formed over the batch
-        before it is broadcast against `f1'(A)`.
+        Numeric constants come out (they scale the smaller result instead), unless `scale`
+        (a number and scalar sources) asks to multiply them in: then onto the factors over
+        the fewest indices, one pass less than scaling the product. Factors over fewer indices
+        are multiplied first, so `Ytilde * f2'(C)` is formed over the batch before it is
+        broadcast against `f1'(A)`.
         """
         number, by_set = sp.S.One, {}
-        for member in members:
-            c, rest = inline_definitions(member).as_coeff_Mul()
+        widest = max(members, key=lambda f: len(free_indices(f)))
+        local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
+        written = [inline_definitions(m) for m in members]
+        nonnegative = all(_nonnegative(m.as_coeff_Mul()[1]) for m in written)
+        for member in self.once(written, local, size_of):
+            c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
-        widest = max(members, key=lambda f: len(free_indices(f)))
-        local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
         codes = {key: f"({c})" if len(by_set[key]) > 1 else c for key, c in codes.items()}
+        if scale is not None:
+            number *= scale[0]
+            factor = "*".join(([printer.atom(number)] if number != 1 else []) + list(scale[1]))
+            if factor and codes:
+                smallest = min(codes, key=len)
+                codes[smallest] = f"{factor}*{codes[smallest]}"
+            elif factor:
+                codes[frozenset()] = factor
+            number = sp.S.One
         column, row = frozenset(local[:1]), frozenset(local[1:])
         if len(local) == 2 and column in codes and row in codes:  # an outer product: BLAS, not broadcasting
             outer = f"{codes.pop(column)} @ {codes.pop(row)}"
@@ -536,7 +705,26 @@ class Lowerer:
             codes[full] = f"({outer})*{codes[full]}" if full in codes else (f"({outer})" if codes else outer)
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
-        return number, self.emit(code, " * ".join(map(index_str, members))), tuple(local)
+        var = self.emit(code, " * ".join(map(index_str, members)))
+        if nonnegative and scale is None:
+            self.nonnegative.add(var)
+        return number, var, tuple(local)
+
+    def once(self, exprs: list, local: list, size_of) -> list:
+        """`exprs` with each call that occurs more than once computed once, over its own axes.
+
+        sigmoid(z) in sigmoid(z) (1 - sigmoid(z)) is evaluated once, not twice.
+        """
+        counts = Counter(e for x in exprs for e in sp.preorder_traversal(x)
+                         if isinstance(e, sp.Function) and free_indices(e))
+        repeated = [e for e, n in counts.items() if n > 1]
+        swap = {}
+        for call in [e for e in repeated if not any(r != e and r.has(e) for r in repeated)]:
+            axes = [i for i in local if i in free_indices(call)]
+            var = self.emit(_Printer(axes, size_of, self.var_of, self.size1_of).p(call), index_str(call))
+            self.computed.add(var)
+            swap[call] = sp.IndexedBase(var)[tuple(axes)]
+        return [x.xreplace(swap) for x in exprs] if swap else exprs
 
     def einsum(self, operands, out_indices) -> str:
         letter: dict = {}
@@ -564,8 +752,49 @@ class Lowerer:
 
     def plan(self, outputs: dict[str, str]) -> EinsumPlan:
         inputs = tuple(n for n in self.model.inputs if n in self.inputs)
-        return EinsumPlan(inputs, _name_directly(self.equations, outputs), outputs, tuple(self.abstract),
-                          {n: variable(n) for n in self.defined})
+        equations = _name_directly(self.equations, outputs)
+        if len(outputs) > 1:
+            equations = _early(equations, set(outputs.values()))
+        return EinsumPlan(inputs, equations, outputs, tuple(self.abstract), {n: variable(n) for n in self.defined})
+
+
+NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # a name an equation may read
+
+
+def reads(e: Equation) -> set[str]:
+    """Every name an equation's source mentions (a few more than it reads: never fewer)."""
+    return set(NAME.findall(e.code or e.text)) | set(e.args)
+
+
+def _early(equations: tuple[Equation, ...], outputs: set[str]) -> tuple[Equation, ...]:
+    """Each result (and what only it reads) computed as soon as its operands are.
+
+    dW2 = H1.T @ Bbar comes right after Bbar, not after every other adjoint: Bbar is dead sooner,
+    so all gradients of a deep network keep about one adjoint alive at a time, as backprop does.
+    """
+    position = {e.out: k for k, e in enumerate(equations)}
+    deps = [{position[r] for r in reads(e) if position.get(r, k) < k} for k, e in enumerate(equations)]
+    readers: dict[int, set] = {}
+    for k, ds in enumerate(deps):
+        for d in ds:
+            readers.setdefault(d, set()).add(k)
+    late: set[int] = set()
+    for k in reversed(range(len(equations))):
+        if equations[k].out in outputs or readers.get(k) and readers[k] <= late:
+            late.add(k)
+    order: list[int] = []
+    waiting = sorted(late)
+
+    def place_ready():
+        while ready := [k for k in waiting if deps[k] <= set(order)]:
+            order.extend(ready)
+            waiting[:] = [k for k in waiting if k not in ready]
+    place_ready()
+    for k in range(len(equations)):
+        if k not in late:
+            order.append(k)
+            place_ready()
+    return tuple(equations[k] for k in order)
 
 
 def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, ...]:

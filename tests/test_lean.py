@@ -1,0 +1,145 @@
+"""Lean plans: no delta arrays for size-1 axes, no einsum where a product or a broadcast does.
+
+Each call is evaluated once and temporaries are freed when dead; every plan is checked by
+finite differences.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+from conftest import DERIVATIONS, article_arrays, assert_gradient
+
+import einmlp
+from einmlp.codegen import python_source
+
+
+def statements(plan) -> list[str]:
+    """The plan's statements as printed."""
+    return [str(e) for e in plan.equations]
+
+
+def test_the_article_plan_has_no_delta_for_its_size_1_axis():
+    """dW2 = B.T @ Cbar: the output axis of length 1 is neither a delta array nor a reshape."""
+    prog = einmlp.load(DERIVATIONS / "article.ein")
+    grads = prog.grad(["W1", "W2"])
+    text = str(grads.plan)
+    assert "_equal" not in text and "einsum" not in text and "_full" not in text, text
+    assert "C = B @ W2" in text and "_grad_W2 = B.T @ Cbar" in text and "@ W2.T" in text, text
+    assert len(grads.plan.equations) <= 10, text
+    arrays = article_arrays(batch=7)
+    assert einmlp.check(grads, arrays).ok
+    for w in ("W1", "W2"):
+        assert "_equal" not in str(prog.grad(w).plan)
+        assert_gradient(prog.grad(w), arrays)
+
+
+def test_a_constant_scales_the_product_it_multiplies_not_its_result():
+    """Cbar = -3 * (...) in one statement, not a product and then a second pass to scale it."""
+    plan = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"]).plan
+    assert not any(re.fullmatch(r"\S+ = \(-?\d+\)\*_t\d+", s.split("    #")[0]) for s in statements(plan)), str(plan)
+
+
+def test_a_row_of_length_1_gets_its_gradient_without_a_delta():
+    """Seed 000's 1 x Z bias rows: their gradients are sums over the batch, not deltas or copies."""
+    prog = einmlp.load(DERIVATIONS / "seed000_matrix.ein")
+    for w in ("B1", "B2"):
+        d = prog.grad(w)
+        assert "_equal" not in str(d.plan) and "_full" not in str(d.plan), str(d.plan)
+        rng = np.random.default_rng(2)
+        shapes = {"X": (5, 3), "W1": (3, 4), "B1": (1, 4), "W2": (4, 2), "B2": (1, 2), "T": (5, 2)}
+        arrays = {k: rng.standard_normal(shape) for k, shape in shapes.items()}
+        assert einmlp.check(d, arrays).ok
+
+
+def test_the_logistic_hessian_is_a_scaled_matrix_product():
+    """X.T @ diag(s) @ X runs as a product with X scaled by s, never a three-operand einsum.
+
+    And sigmoid(z) is evaluated once.
+    """
+    prog = einmlp.load(DERIVATIONS / "logistic_regression.ein")
+    h = prog.hessian("w")
+    text = str(h.plan)
+    assert "einsum" not in text and "@" in text, text
+    assert re.search(r"(_t\d+)\.T @ \1\b", text), text  # Xs.T @ Xs: BLAS syrk, s(1-s) being >= 0
+    assert text.count("logaddexp") == 1, text
+    rng = np.random.default_rng(0)
+    arrays = {"X": rng.standard_normal((30, 4)), "w": rng.standard_normal(4), "y": (rng.random(30) > 0.5) * 1.0}
+    s = 1 / (1 + np.exp(-arrays["X"] @ arrays["w"]))
+    closed = arrays["X"].T @ ((s * (1 - s))[:, None] * arrays["X"])
+    np.testing.assert_allclose(h.compile()(**arrays), closed, rtol=1e-12)
+    assert_gradient(h, arrays)
+
+
+def test_compiled_code_frees_temporaries_when_they_are_dead():
+    """The executed source deletes each temporary after its last use; the printed source stays plain."""
+    grads = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
+    executed = python_source(grads.plan, "f", standalone=False)
+    assert "del " in executed and "del " not in grads.compile().source
+    lines = executed.splitlines()
+    for k, line in enumerate(lines):
+        if line.strip().startswith("del "):
+            for name in line.strip()[4:].split(", "):
+                assert not any(re.search(rf"(?<![\w.]){name}(?!\w)", later) for later in lines[k + 1:]), name
+    np.testing.assert_allclose(grads.compile()(**article_arrays())["W1"],
+                               einmlp.load(DERIVATIONS / "article.ein").grad("W1").compile()(**article_arrays()))
+
+
+def test_all_gradients_of_a_deep_mlp_keep_about_what_backprop_by_hand_keeps():
+    """Peak memory of all gradients of an 8-layer MLP, against hand-written backprop (tracemalloc sees numpy)."""
+    import tracemalloc
+    sys.path.insert(0, str(DERIVATIONS.parent / "benchmarks"))
+    from bench_derive import mlp
+    layers, batch, width = 8, 256, 64
+    source, wrt = mlp(layers)
+    fn = einmlp.parse(source).grad(wrt).compile()
+    rng = np.random.default_rng(0)
+    arrays = {"X": rng.standard_normal((batch, width)), "T": rng.standard_normal((batch, width)),
+              **{f"W{k}": rng.standard_normal((width, width)) / 8 for k in range(1, layers + 1)},
+              **{f"c{k}": np.zeros(width) for k in range(1, layers + 1)}}
+
+    def by_hand():
+        hs = [arrays["X"]]
+        for k in range(1, layers + 1):
+            hs.append(np.tanh(hs[-1] @ arrays[f"W{k}"] + arrays[f"c{k}"]))
+        d, grads = 2 * (hs[-1] - arrays["T"]), {}
+        for k in range(layers, 0, -1):
+            d = d * (1 - hs[k] * hs[k])
+            grads[f"W{k}"], grads[f"c{k}"] = hs[k - 1].T @ d, d.sum(axis=0)
+            d = d @ arrays[f"W{k}"].T
+        return grads
+    peaks = []
+    for f in (lambda: fn(**arrays), by_hand):
+        f()
+        tracemalloc.start()
+        result = f()
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        del result
+    expected = by_hand()
+    for name, value in fn(**arrays).items():
+        np.testing.assert_allclose(value, expected[name], rtol=1e-10, atol=1e-12)
+    assert peaks[0] < 1.1 * peaks[1], peaks
+
+
+def test_a_batched_transformer_runs_its_products_as_matmul():
+    """X[b,t,e] W[e,d] is X @ W, and a weight gradient summed over batch and sequence one product."""
+    sys.path.insert(0, str(DERIVATIONS.parent / "benchmarks"))
+    from bench_derive import TRANSFORMER_WEIGHTS, transformer, transformer_arrays
+    grads = einmlp.parse(transformer(4)).grad(TRANSFORMER_WEIGHTS)
+    text = str(grads.plan)
+    assert "K = X @ Wk" in text and "Q @ np.transpose(K, (0, 2, 1))" in text, text
+    assert "np.reshape(X, (-1, X.shape[-1])).T @ np.reshape(Qbar, (-1, Qbar.shape[-1]))" in text, text
+    arrays = transformer_arrays(batch=2, seq=3, width=4, hidden=5)
+    assert einmlp.check(grads, arrays).ok
+
+
+def test_a_hessian_with_a_scale_of_either_sign_is_no_gram_matrix():
+    """Only a scale that is never negative may be split into square roots: tanh' * (y - t) is not."""
+    prog = einmlp.parse("z[b] = X[b,d] w[d]\nL = (tanh(z[b]) - y[b])^2")
+    h = prog.hessian("w")
+    assert "np.sqrt" not in str(h.plan), str(h.plan)
+    rng = np.random.default_rng(1)
+    assert_gradient(h, {"X": rng.standard_normal((9, 3)), "w": rng.standard_normal(3), "y": rng.standard_normal(9)})
