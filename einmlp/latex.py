@@ -288,7 +288,7 @@ def break_lines(tex: str, room: float) -> list[str]:
         if lines[-1] and used + wide > room:
             lines.append([])
             used = 0.0
-        target = wide / math.ceil(wide / room)
+        target = wide / max(1, math.ceil(wide / room))  # a term of no width (an empty group) is one line
         for atom in term:
             size = _width(atom)
             if lines[-1] and (used + size > room or (wide > room and used + size / 2 > target)):

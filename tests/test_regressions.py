@@ -330,3 +330,23 @@ def test_a_denominator_is_not_multiplied_out():
     assert d.index_form == "-1/(-2 + x[m])**2 + step(x[m])"
     x = np.array([2 + 1e-6, 2 - 3e-7])
     np.testing.assert_allclose(d.compile()(x=x), -1 / (x - 2) ** 2 + (x > 0), rtol=1e-12)
+
+
+def test_a_fixed_index_anywhere_makes_the_axis_length_1_for_every_compiled_function():
+    """S[m,d,0] in one statement and S[k,k,b] in another: dH/dS must not accept S with a third axis of 2.
+
+    (Lowering reads a fixed index's axis as length 1; found by the fuzzer, where it gave a
+    Jacobian of shape (4, 4, 4, 1) for S of shape (4, 4, 2).)
+    """
+    prog = einmlp.parse("H[k] = D10[i] S[k,k,b]\nA5 = G[z,t,d]\nW1[0] = A5 S[m,d,0]")
+    arrays = {"D10": np.ones(3), "S": np.ones((4, 4, 2)), "G": np.ones((2, 2, 4))}
+    with pytest.raises(einmlp.ShapeError, match="axis 2 of S has length 2, but `W1.0. = A5 S.m,d,0.`"):
+        prog.grad("S", of="H").compile()(**arrays)
+    arrays["S"] = np.ones((4, 4, 1))
+    assert prog.grad("S", of="H").compile()(**arrays).shape == (4, 4, 4, 1)
+
+
+def test_a_page_with_a_very_long_name_is_typeset():
+    """A term of no measured width in the line breaker divided by zero (found by the fuzzer)."""
+    prog = einmlp.parse("sq(x) = sqrt(1 + x^2)\nO" + "x" * 1200 + "[t] = (00007) - B3[t]\n")
+    assert "\\end{document}" in prog.grad("B3").latex(document=True)
