@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_derive import TRANSFORMER_WEIGHTS, torch_transformer, transformer, transformer_arrays  # noqa: E402
 
 PEERS = ("jax.jit(grad)", "torch", "pytensor")
+JAX_BACKEND = "einmlp on jax arrays"
 
 
 # ---------------------------------------------------------------- settings
@@ -189,6 +190,7 @@ class Workload:
         d = prog.hessian(self.params[0]) if self.hessian else prog.grad(list(self.params))
         fn = d.compile()
         out = {"einmlp": lambda: fn(**arrays)}
+        out.update(einmlp_on_jax(fn, arrays))
         if self.hand:
             args = [arrays[n] for n in self.order()]
             out["numpy (hand)"] = lambda: self.hand(*args)
@@ -254,9 +256,25 @@ class Workload:
         return lambda: f(*values)
 
 
+def einmlp_on_jax(fn, arrays: dict) -> dict:
+    """The same compiled function given jax arrays: its jax backend (jitted), where jax is installed."""
+    try:
+        import jax
+    except ImportError:
+        return {}
+    jax.config.update("jax_enable_x64", True)
+    given = {n: jax.numpy.asarray(a) for n, a in arrays.items()}
+
+    def call():
+        result = fn(**given)
+        return jax.block_until_ready(result)
+    return {JAX_BACKEND: call}
+
+
 def transformer_competitors(arrays: dict) -> dict:
     fn = einmlp.parse(transformer(arrays["X"].shape[-1])).grad(TRANSFORMER_WEIGHTS).compile()
     out = {"einmlp": lambda: fn(**arrays)}
+    out.update(einmlp_on_jax(fn, arrays))
     try:
         out["torch"] = torch_transformer(arrays)
     except ImportError:
@@ -381,6 +399,8 @@ def row(name: str, times: dict, ok: dict) -> str:
     best = min((times[p] for p in PEERS if p in times), default=None)
     cells.append(f"{ours / hand:.2f}" if hand else "-")
     cells.append(f"{ours / best:.2f}" if best else "-")
+    on_jax, jax_jit = times.get(JAX_BACKEND), times.get("jax.jit(grad)")
+    cells.append(f"{fmt(on_jax)} ({on_jax / jax_jit:.2f}x)" if on_jax and jax_jit else fmt(on_jax))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -395,7 +415,7 @@ def main() -> None:
     print("\n".join(settings(allocator)))
     print(f"timing: {rounds} rounds, blocks of ~{block} s per competitor, {pause} s pause after each block\n")
     header = ["workload", "einmlp", "numpy (hand)", *[f"{p} (/numpy)" for p in PEERS], "einmlp / numpy",
-              "einmlp / best peer"]
+              "einmlp / best peer", f"{JAX_BACKEND} (/jax.jit)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     jobs = [(w.name, w.competitors, w.params) for w in workloads(args.quick)]
@@ -411,7 +431,8 @@ def main() -> None:
         times = measure(competitors, rounds, block, pause)
         print(row(name, times, ok), flush=True)
     print("\n(!): that competitor's result differs from einmlp's. Times are medians per call; "
-          "ratios below 1 mean einmlp is faster.")
+          "ratios below 1 mean einmlp is faster. einmlp on numpy arrays runs fused numba kernels from "
+          f"{einmlp.fusion.FUSE_FROM:,} input elements where numba is installed ({'yes' if einmlp.fusion.available() else 'no'} here).")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class Compiled:
         self._signatures: dict[tuple, tuple] = {}  # call signature -> (backend, float type, function)
         self._functions_for: dict[tuple, object] = {}  # (backend, float type, device, fused) -> function
         self._numpy: dict[tuple, object] = {}  # numpy shapes and dtypes seen before -> what runs them
+        self._seen: dict[tuple, object] = {}  # the same for other libraries' arrays: (types, signatures) -> run
+        self._library_of: dict[tuple, backends.Backend] = {}  # the argument types seen -> their backend
         self._names = set(plan.inputs)
 
     @property
@@ -147,7 +149,12 @@ class Compiled:
                 run = self._numpy.get(tuple([(a.shape, a.dtype) for a in given]))
                 if run is not None:
                     return run(given)
+            elif given is not None and (library := self._library_of.get(kinds := tuple(map(type, given)))):
+                run = self._seen.get((kinds, tuple([library.signature(a) for a in given])))
+                if run is not None:  # another library's arrays, a signature seen before
+                    return run(given)
         args, others = self._arguments(args, arrays)
+        raw = list(args)
         backend, args, others = self._bind(args, others)
         key = (backend.name, *[backend.signature(a) for a in args],
                *[(n, *backend.signature(a)) for n, a in others.items()])
@@ -166,17 +173,21 @@ class Compiled:
         else:
             converted = backend.result(result, dtype)
             same = converted is result
+        # the same signature always gives results of the same types: convert again only if this one needed it
+        run = (lambda given: fn(*given)) if same else (lambda given: self._converted(fn(*given), backend, dtype))
         if backend is backends.NUMPY and not others and all(type(a) is np.ndarray for a in args):
-            # the same signature always gives results of the same types: convert again only if this one needed it
-            self._numpy[tuple([(a.shape, a.dtype) for a in args])] = \
-                (lambda given: fn(*given)) if same else (lambda given: self._converted(fn(*given), dtype))
+            self._numpy[tuple([(a.shape, a.dtype) for a in args])] = run
+        elif self.backend is None and not others and all(r is a for r, a in zip(raw, args)):
+            kinds = tuple(map(type, args))
+            self._library_of[kinds] = backend
+            self._seen[(kinds, tuple([backend.signature(a) for a in args]))] = run
         return converted
 
     @staticmethod
-    def _converted(result, dtype):
+    def _converted(result, backend, dtype):
         if isinstance(result, dict):
-            return {k: backends.NUMPY.result(v, dtype) for k, v in result.items()}
-        return backends.NUMPY.result(result, dtype)
+            return {k: backend.result(v, dtype) for k, v in result.items()}
+        return backend.result(result, dtype)
 
     def __repr__(self) -> str:
         return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"

@@ -698,11 +698,6 @@ class Lowerer:
             elif factor:
                 codes[frozenset()] = factor
             number = sp.S.One
-        column, row = frozenset(local[:1]), frozenset(local[1:])
-        if len(local) == 2 and column in codes and row in codes:  # an outer product: BLAS, not broadcasting
-            outer = f"{codes.pop(column)} @ {codes.pop(row)}"
-            full = frozenset(local)
-            codes[full] = f"({outer})*{codes[full]}" if full in codes else (f"({outer})" if codes else outer)
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
         var = self.emit(code, " * ".join(map(index_str, members)))
