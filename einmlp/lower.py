@@ -778,16 +778,19 @@ def _early(equations: tuple[Equation, ...], outputs: set[str]) -> tuple[Equation
         if equations[k].out in outputs or readers.get(k) and readers[k] <= late:
             late.add(k)
     order: list[int] = []
+    placed: set[int] = set()
     waiting = sorted(late)
 
     def place_ready():
-        while ready := [k for k in waiting if deps[k] <= set(order)]:
+        while ready := [k for k in waiting if deps[k] <= placed]:
             order.extend(ready)
-            waiting[:] = [k for k in waiting if k not in ready]
+            placed.update(ready)
+            waiting[:] = [k for k in waiting if k not in placed]
     place_ready()
     for k in range(len(equations)):
         if k not in late:
             order.append(k)
+            placed.add(k)
             place_ready()
     return tuple(equations[k] for k in order)
 
