@@ -248,10 +248,6 @@ class Numba(Backend):
     module = "numpy"
     fused = True
 
-    def wrap(self, fn):
-        importlib.import_module("numba")  # a clear error if it is missing, not a failed kernel import
-        return fn
-
 
 BACKENDS = {b.name: b for b in (Backend(), Numba(), Torch(), Jax(), Dask(), Cupy())}
 NUMPY = BACKENDS["numpy"]

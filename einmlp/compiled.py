@@ -45,7 +45,7 @@ class Compiled:
         self._make = compile_plan(plan)
         self._needed = tuple(plan.variables)
         self._checks = checks  # statements to check as well when their inputs are given (the `of`)
-        self._signatures: dict[tuple, tuple] = {}  # call signature -> (backend, float type, function)
+        self._signatures: dict[tuple, tuple] = {}  # call signature -> (float type, function)
         self._functions_for: dict[tuple, object] = {}  # (backend, float type, device, fused) -> function
         self._numpy: dict[tuple, object] = {}  # numpy shapes and dtypes seen before -> what runs them
         self._seen: dict[tuple, object] = {}  # the same for other libraries' arrays: (types, signatures) -> run
@@ -126,6 +126,8 @@ class Compiled:
                                  and sum(a.size for a in args) >= fusion.FUSE_FROM)
 
     def _fused_make(self):
+        if not fusion.available():
+            raise EinmlpError("backend 'numba' needs numba, which is not installed: pip install 'einmlp[fast]'")
         if "_fused" not in self.__dict__:
             self._fused = compile_plan(self.plan, fused=True)  # None: no expression to fuse
         return self._fused

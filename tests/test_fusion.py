@@ -143,3 +143,11 @@ def test_a_temporary_written_into_a_later_reader_is_deleted_after_it():
     generated, arrays, of, wrt, order = case(13)
     d = einmlp.parse(generated.source).grad(wrt, of=of)
     _same(d.compile(backend="numba")(**arrays), d.compile(backend="numpy")(**arrays))
+
+
+def test_the_numba_backend_without_numba_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(fusion, "available", lambda: False)
+    g = einmlp.load(DERIVATIONS / "article.ein").grad("W1")
+    with pytest.raises(einmlp.EinmlpError, match="needs numba, which is not installed"):
+        g.compile(backend="numba")(**article_arrays())
+    assert g.compile()(**article_arrays(batch=fusion.FUSE_FROM)).shape == (3, 4)  # the default falls back to numpy
