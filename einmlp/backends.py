@@ -141,6 +141,7 @@ class Torch(Backend):
         ns.heaviside = lambda x, h: torch.heaviside(x, number(h, x))
         ns.power = lambda a, b: torch.pow(a, b)
         ns.transpose = lambda x, axes: x.permute(*axes)
+        ns.where = lambda c, a, b: torch.where(c, a, number(b, a))
         ns.asarray = torch.as_tensor
         return ns
 

@@ -30,7 +30,7 @@ from opt_einsum import get_symbol
 
 from .deltas import IndexForm, Term, normalize
 from .errors import EinmlpError, IndexNotationError
-from .functions import PARAM, UserFunction, numpy_source, sigmoid
+from .functions import PARAM, UserFunction, numpy_source, step, sigmoid
 from .grad import Names
 from .render import index_str
 from .symbolic import Extent, Model, free_indices, index_names
@@ -687,6 +687,13 @@ class Lowerer:
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
+        gates = [f for fs in by_set.values() for f in fs if isinstance(f, step)]
+        if gates and any(not isinstance(f, step) for fs in by_set.values() for f in fs):
+            # relu'(x) * g is where(x > 0, g, 0): 0 where relu is flat even if g is inf there
+            # (sqrt(relu(x))' at x < 0), as torch and jax take relu's derivative
+            by_set = {k: rest for k, fs in by_set.items() if (rest := [f for f in fs if not isinstance(f, step)])}
+        else:
+            gates = []
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
         codes = {key: f"({c})" if len(by_set[key]) > 1 else c for key, c in codes.items()}
         if scale is not None:
@@ -700,6 +707,9 @@ class Lowerer:
             number = sp.S.One
         parts = [codes[key] for key in sorted(codes, key=len)]
         code = "*".join(parts) if parts else "1.0"
+        if gates:
+            condition = " & ".join(f"({printer.p(g.args[0])} > 0)" for g in dict.fromkeys(gates))
+            code = f"np.where({condition}, {code}, 0.0)"
         var = self.emit(code, " * ".join(map(index_str, members)))
         if nonnegative and scale is None:
             self.nonnegative.add(var)

@@ -350,3 +350,13 @@ def test_a_page_with_a_very_long_name_is_typeset():
     """A term of no measured width in the line breaker divided by zero (found by the fuzzer)."""
     prog = einmlp.parse("sq(x) = sqrt(1 + x^2)\nO" + "x" * 1200 + "[t] = (00007) - B3[t]\n")
     assert "\\end{document}" in prog.grad("B3").latex(document=True)
+
+
+def test_a_relu_gated_derivative_is_0_where_relu_is_flat():
+    """sqrt(relu(x))' at x < 0 is 0 (relu is flat there), not 0 * inf = nan: where(x > 0, g, 0), as torch and jax do."""
+    prog = einmlp.parse("L = sum[i](sqrt(relu(x[i])) + relu(x[i]) * y[i])")
+    x, y = np.array([-2.0, -0.5, 0.25, 4.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    with np.errstate(all="ignore"):  # the masked-out branch divides by sqrt(0)
+        dx = prog.grad("x").compile()(x=x, y=y)
+        assert einmlp.check(prog.grad("x"), {"x": x, "y": y}).ok
+    np.testing.assert_allclose(dx, [0.0, 0.0, 1 / (2 * np.sqrt(0.25)) + 3.0, 1 / (2 * np.sqrt(4.0)) + 4.0], rtol=1e-12)
