@@ -7,6 +7,7 @@ opt_einsum contraction paths). The returned callable only does arithmetic.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 from typing import Callable
@@ -17,7 +18,7 @@ import opt_einsum as oe
 from . import fusion
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
-from .lower import EinsumPlan, reads
+from .lower import EinsumPlan
 
 
 class Contraction:
@@ -76,10 +77,7 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     """
     args = [plan.variables[n] for n in plan.inputs] + (["_functions"] if plan.abstract else [])
     lines = [f"def {name}({', '.join(args)}):"]
-    dead = {} if standalone else _dead_after(plan)
     for k, eq in enumerate(plan.equations):
-        if k - 1 in dead:
-            lines.append(f"    del {', '.join(dead[k - 1])}")
         if standalone and eq.comment and _PRINTABLE.fullmatch(eq.comment):
             lines.append(f"    # {eq.comment}")
         if eq.op == "einsum" and einsum:
@@ -103,55 +101,73 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
     return body
 
 
-def _dead_after(plan: EinsumPlan) -> dict[int, list[str]]:
-    """Equation k -> the variables it reads for the last time (not the outputs).
+def _with_deletes(source: str, keep: set[str]) -> str:
+    """`source` with each temporary deleted after the statement that reads it last.
 
-    Deleting them there frees each temporary as soon as it is dead, so the peak memory of all
-    gradients of a deep network is close to that of backprop by hand.
+    Freeing temporaries as soon as they are dead keeps the peak memory of all gradients of a
+    deep network close to that of backprop by hand. Reads are found in the final source, so
+    this also holds after fusion has moved reads later.
     """
-    assigned = {eq.out for eq in plan.equations} - set(plan.outputs.values())
+    tree = ast.parse(source)
+    fn = tree.body[0]
+    assigned = {s.targets[0].id for s in fn.body if isinstance(s, ast.Assign)} - keep
     last: dict[str, int] = {}
-    for k, eq in enumerate(plan.equations):
-        for read in reads(eq):
-            if read in assigned and read != eq.out:
-                last[read] = k
-    dead: dict[int, list[str]] = {}
-    for var, k in last.items():
-        dead.setdefault(k, []).append(var)
-    return {k: sorted(v) for k, v in dead.items()}
+    for k, stmt in enumerate(fn.body):
+        for node in ast.walk(stmt.value):
+            if isinstance(node, ast.Name) and node.id in assigned:
+                last[node.id] = k
+    body = []
+    for k, stmt in enumerate(fn.body):
+        body.append(stmt)
+        dead = sorted(n for n, at in last.items() if at == k)
+        if dead and not isinstance(stmt, ast.Return):
+            body.append(ast.Delete([ast.Name(n, ast.Del()) for n in dead]))
+    fn.body = body
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def executed_source(plan: EinsumPlan, fused: bool = False) -> tuple[str, str | None] | None:
+    """The source `compile_plan` runs, and the source of its kernels' module (None unfused).
+
+    `fused=True` writes the elementwise expressions as numba kernels (fusion.py); None if the
+    plan has none.
+    """
+    source, module = python_source(plan, "_compute", standalone=False), None
+    if fused:
+        rewritten = fusion.fuse(source, set(plan.outputs.values()))
+        if rewritten is None:
+            return None
+        source, module = rewritten
+    return _with_deletes(source, set(plan.outputs.values())), module
 
 
 def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Callable] | None:
     """The plan compiled once, as `make(runtime)`: its function over the globals `runtime`.
 
     Each backend (and float type) runs the same code object with its own `np` and helpers.
-    `fused=True` compiles the plan with its elementwise expressions as numba kernels
-    (fusion.py); None if it has none.
+    `fused=True` compiles the plan with its elementwise expressions as numba kernels; None if
+    it has none.
     """
-    name = "_compute"
-    source = python_source(plan, name, standalone=False)
-    contractions = {f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
-                    if eq.op == "einsum" and not eq.code}
-    kernels = {}
-    if fused:
-        rewritten = fusion.fuse(source, set(plan.outputs.values()))
-        if rewritten is None:
-            return None
-        source, module = rewritten
-        kernels = fusion.load_kernels(module)
     # The source is generated from the checked plan: every name in it is an identifier the
     # parser accepted (mangled away from Python's keywords) or one of ours, every number is
     # printed from a sympy number, and it has no comments. No user text reaches it.
     try:
+        executed = executed_source(plan, fused)
+        if executed is None:
+            return None
+        source, module = executed
         code = compile(source, "<einmlp>", "exec")
     except (SyntaxError, RecursionError, MemoryError):  # e.g. more than 200 nested parentheses
         raise EinmlpError("the generated code is nested too deeply for Python to compile; "
                           "write some nested functions as statements") from None
+    contractions = {f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
+                    if eq.op == "einsum" and not eq.code}
+    kernels = fusion.load_kernels(module) if module else {}
 
     def make(runtime: dict) -> Callable:
         namespace = {**runtime, **contractions, **kernels}
         exec(code, namespace)  # safe: generated from the checked plan
-        return namespace[name]
+        return namespace["_compute"]
     return make
 
 

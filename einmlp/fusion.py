@@ -114,27 +114,6 @@ class _Kernel:
         return ast.UnaryOp(node.op, self._scalar(node.operand))
 
 
-def _delete_dead(fn: ast.FunctionDef, keep: set[str]) -> None:
-    """`del` each temporary after the statement that reads it last.
-
-    Writing a temporary into its reader moves reads later, so the plan's own `del`s are placed again.
-    """
-    fn.body = [s for s in fn.body if not isinstance(s, ast.Delete)]
-    assigned = {s.targets[0].id for s in fn.body if isinstance(s, ast.Assign)} - keep
-    last: dict[str, int] = {}
-    for k, stmt in enumerate(fn.body):
-        for node in ast.walk(stmt.value if isinstance(stmt, (ast.Assign, ast.Return)) else stmt):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in assigned:
-                last[node.id] = k
-    body = []
-    for k, stmt in enumerate(fn.body):
-        body.append(stmt)
-        dead = sorted(n for n, at in last.items() if at == k)
-        if dead and not isinstance(stmt, ast.Return):
-            body.append(ast.Delete([ast.Name(n, ast.Del()) for n in dead]))
-    fn.body = body
-
-
 def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
     """Write a temporary computed elementwise into the one elementwise expression that reads it."""
     while True:
@@ -175,7 +154,6 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
     assigned = [s.targets[0].id for s in fn.body if isinstance(s, ast.Assign)]
     if len(assigned) != len(set(assigned)):  # the rewriting relies on each name assigned once
         return None
-    fn.body = [s for s in fn.body if not isinstance(s, ast.Delete)]
     _inline_single_uses(fn, outputs)
     kernels: list[_Kernel] = []
 
@@ -190,7 +168,6 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
     Replace().visit(fn)
     if not kernels:
         return None
-    _delete_dead(fn, outputs)
     lines = ["import numpy as np", "from numba import vectorize", ""]
     for k, kernel in enumerate(kernels):
         params = [f"a{n}" for n in range(len(kernel.arguments))]

@@ -16,7 +16,7 @@ from test_derivations import directives
 
 import einmlp
 from einmlp import fusion
-from einmlp.codegen import python_source
+from einmlp.codegen import executed_source, python_source
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
                                 reason="numba is not installed (pip install numba): fused kernels are not tested")
@@ -75,7 +75,7 @@ def test_each_function_fuses_like_numpy(name):
 def test_the_articles_elementwise_chain_is_one_kernel_without_temporaries():
     """Ytilde, 2 Ytilde and Cbar are one pass: none of them is stored."""
     g = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
-    source, kernels = fusion.fuse(python_source(g.plan, "_compute", standalone=False), set(g.plan.outputs.values()))
+    source, kernels = executed_source(g.plan, fused=True)
     stored = {s.targets[0].id for s in ast.parse(source).body[0].body if isinstance(s, ast.Assign)}
     assert not stored & {"Ytilde", "Ytildebar", "Yhat", "_t7"}, source
     deleted = {n.id for s in ast.parse(source).body[0].body if isinstance(s, ast.Delete) for n in s.targets}

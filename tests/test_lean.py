@@ -13,7 +13,7 @@ import numpy as np
 from conftest import DERIVATIONS, article_arrays, assert_gradient
 
 import einmlp
-from einmlp.codegen import python_source
+from einmlp.codegen import executed_source
 
 
 def statements(plan) -> list[str]:
@@ -77,7 +77,7 @@ def test_the_logistic_hessian_is_a_scaled_matrix_product():
 def test_compiled_code_frees_temporaries_when_they_are_dead():
     """The executed source deletes each temporary after its last use; the printed source stays plain."""
     grads = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
-    executed = python_source(grads.plan, "f", standalone=False)
+    executed, _ = executed_source(grads.plan)
     assert "del " in executed and "del " not in grads.compile().source
     lines = executed.splitlines()
     for k, line in enumerate(lines):
