@@ -12,7 +12,6 @@ import difflib
 import functools
 
 import numpy as np
-import sympy as sp
 
 from . import backends, fusion
 from . import shapes as shape_stage
@@ -51,6 +50,7 @@ class Compiled:
         self._seen: dict[tuple, object] = {}  # the same for other libraries' arrays: (types, signatures) -> run
         self._library_of: dict[tuple, backends.Backend] = {}  # the argument types seen -> their backend
         self._names = set(plan.inputs)
+        self._fixed = shape_stage.fixed_axes(model)  # axes of length 1, checked for every call signature
 
     @property
     def source(self) -> str:
@@ -80,20 +80,6 @@ class Compiled:
             raise ShapeError(f"{self.name} needs array{'s' * (len(missing) > 1)} {', '.join(missing)}")
         return [given[n] for n in names], others
 
-    def _fixed_axes(self) -> list[tuple[str, int, str]]:
-        """(tensor, axis, statement) for every axis the program indexes with a fixed 0.
-
-        A fixed index means an axis of length 1 for the whole program (design.md), and lowering
-        relies on it; so it is checked even where that statement is not computed.
-        """
-        found = {}
-        for d in self.model.definitions.values():
-            for e in d.expr.atoms(sp.Indexed):
-                for axis, i in enumerate(e.indices):
-                    if i.is_Integer:
-                        found.setdefault((e.base.label.name, axis), d.source)
-        return [(name, axis, source) for (name, axis), source in found.items()]
-
     def _check_shapes(self, shapes: dict) -> None:
         inputs = set(self.model.inputs)
         names = self._needed + tuple(n for n in self._checks
@@ -103,7 +89,7 @@ class Compiled:
         except ShapeError as exc:
             hint = shape_stage.reuse_hint(self.model)
             raise ShapeError(f"{exc}{'; ' + hint if hint else ''}") from None
-        for name, axis, source in self._fixed_axes():
+        for (name, axis), source in self._fixed.items():
             shape = bound.get(name)
             if shape is not None and len(shape) > axis and shape[axis] != 1:
                 raise ShapeError(f"axis {axis} of {name} has length {shape[axis]}, but `{source}` indexes it with "

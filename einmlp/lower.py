@@ -33,6 +33,7 @@ from .errors import EinmlpError, IndexNotationError
 from .functions import PARAM, UserFunction, numpy_source, step, sigmoid
 from .grad import Names
 from .render import index_str
+from .shapes import fixed_axes
 from .symbolic import Extent, Model, free_indices, index_names
 
 # Generated code uses the globals np and oe, and names of its own that start with `_` (a user
@@ -409,15 +410,11 @@ class Lowerer:
         self.count = 0
         self.computed: set[str] = set()   # temporaries that expressions read as tensors
         self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
-        self.units = {(name, axis) for name, d in model.definitions.items()  # axes of length 1
-                      for axis, i in enumerate(d.indices) if i.is_Integer}
-        self.units |= {(e.base.label.name, axis) for d in model.definitions.values()
-                       for e in d.expr.atoms(sp.Indexed) for axis, i in enumerate(e.indices) if i.is_Integer}
+        self.units = set(fixed_axes(model))  # (tensor, axis) of length 1: written somewhere with a fixed 0
 
     def size1_of(self, name: str) -> frozenset:
-        """Axes of `name` declared with length 1 (a 0 on its left-hand side)."""
-        d = self.model.definitions.get(name)
-        return frozenset(a for a, i in enumerate(d.indices) if i.is_Integer) if d else frozenset()
+        """Axes of `name` of length 1 (a fixed 0 on them anywhere in the program)."""
+        return frozenset(axis for n, axis in self.units if n == name)
 
     def temp(self) -> str:
         self.count += 1

@@ -71,6 +71,24 @@ def bind(model: Model, input_shapes: dict[str, tuple]) -> dict[str, tuple[int, .
     return bind_needed(model, input_shapes, list(model.definitions) + list(model.inputs))
 
 
+def fixed_axes(model: Model) -> dict[tuple[str, int], str]:
+    """(tensor, axis) -> a statement that writes that axis with a fixed index 0.
+
+    A fixed index means an axis of length 1 for the whole program (design.md): lowering relies
+    on it, and compiled functions check it even where that statement is not computed.
+    """
+    found: dict[tuple[str, int], str] = {}
+    for name, d in model.definitions.items():
+        for axis, i in enumerate(d.indices):
+            if i.is_Integer:
+                found.setdefault((name, axis), d.source)
+        for e in d.expr.atoms(sp.Indexed):
+            for axis, i in enumerate(e.indices):
+                if i.is_Integer:
+                    found.setdefault((e.base.label.name, axis), d.source)
+    return found
+
+
 def bind_needed(model: Model, input_shapes: dict[str, tuple], names) -> dict[str, tuple[int, ...]]:
     """Shapes of `names` and of everything they depend on, checking those statements."""
     needed = set(names)
