@@ -117,8 +117,7 @@ class Backend:
 
     def result(self, value, dtype):
         """A result in the computation's float type, as this library's array."""
-        if type(value) is np.ndarray and value.dtype == dtype or getattr(value, "dtype", None) == dtype \
-                and self.owns(value):
+        if getattr(value, "dtype", None) == dtype and self.owns(value):
             return value
         return self.namespace.asarray(value).astype(dtype)
 

@@ -46,8 +46,7 @@ class Compiled:
         self._checks = checks  # statements to check as well when their inputs are given (the `of`)
         self._signatures: dict[tuple, tuple] = {}  # call signature -> (float type, function)
         self._functions_for: dict[tuple, object] = {}  # (backend, float type, device, fused) -> function
-        self._numpy: dict[tuple, object] = {}  # numpy shapes and dtypes seen before -> what runs them
-        self._seen: dict[tuple, object] = {}  # the same for other libraries' arrays: (types, signatures) -> run
+        self._seen: dict[tuple, object] = {}  # (argument types, signatures) seen before -> what runs them
         self._library_of: dict[tuple, backends.Backend] = {}  # the argument types seen -> their backend
         self._names = set(plan.inputs)
         self._fixed = shape_stage.fixed_axes(model)  # axes of length 1, checked for every call signature
@@ -130,16 +129,12 @@ class Compiled:
         return fn
 
     def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
-        if self.backend is None:  # numpy arrays of a signature seen before: straight to the arithmetic
+        if self.backend is None:  # arrays of a signature seen before: straight to the arithmetic
             given = list(args) if not arrays and len(args) == len(self.plan.inputs) else \
                 [arrays[n] for n in self.plan.inputs] if not args and arrays.keys() == self._names else None
-            if given is not None and all(type(a) is np.ndarray for a in given):
-                run = self._numpy.get(tuple([(a.shape, a.dtype) for a in given]))
-                if run is not None:
-                    return run(given)
-            elif given is not None and (library := self._library_of.get(kinds := tuple(map(type, given)))):
+            if given is not None and (library := self._library_of.get(kinds := tuple(map(type, given)))):
                 run = self._seen.get((kinds, tuple([library.signature(a) for a in given])))
-                if run is not None:  # another library's arrays, a signature seen before
+                if run is not None:
                     return run(given)
         args, others = self._arguments(args, arrays)
         raw = list(args)
@@ -163,9 +158,7 @@ class Compiled:
             same = converted is result
         # the same signature always gives results of the same types: convert again only if this one needed it
         run = (lambda given: fn(*given)) if same else (lambda given: self._converted(fn(*given), backend, dtype))
-        if backend is backends.NUMPY and not others and all(type(a) is np.ndarray for a in args):
-            self._numpy[tuple([(a.shape, a.dtype) for a in args])] = run
-        elif self.backend is None and not others and all(r is a for r, a in zip(raw, args)):
+        if self.backend is None and not others and all(r is a for r, a in zip(raw, args)):
             kinds = tuple(map(type, args))
             self._library_of[kinds] = backend
             self._seen[(kinds, tuple([backend.signature(a) for a in args]))] = run
