@@ -16,6 +16,7 @@ import numpy as np
 import opt_einsum as oe
 
 from . import fusion
+from .backends import _ipow
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
 from .lower import EinsumPlan
@@ -49,13 +50,6 @@ def _arange(size, axis, ndim):
 
 def _equal(a, b):
     return np.equal(a, b).astype(float)
-
-
-def _ipow(x, n):
-    result = x
-    for _ in range(n - 1):
-        result = result * x
-    return result
 
 
 # the standalone source carries its numpy helpers, read from this module (compiled functions
