@@ -360,3 +360,36 @@ def test_a_relu_gated_derivative_is_0_where_relu_is_flat():
         dx = prog.grad("x").compile()(x=x, y=y)
         assert einmlp.check(prog.grad("x"), {"x": x, "y": y}).ok
     np.testing.assert_allclose(dx, [0.0, 0.0, 1 / (2 * np.sqrt(0.25)) + 3.0, 1 / (2 * np.sqrt(4.0)) + 4.0], rtol=1e-12)
+
+
+def test_the_exponent_derivative_of_a_power_of_0_is_0():
+    """d(b^e)/de = b^e log(b) is 0 where b = 0 and e > 0 (b^e is 0 nearby), not 0 * -inf = nan,
+    as jax, torch and autograd take it; found by fuzzing as `S10 = 0 ... - S10^(x+x)`."""
+    prog = einmlp.parse("B = 0 z\nL = y[i]^(x x) + B^(x + x)")
+    y, x = np.array([0.0, 2.0, 0.5]), 0.7
+    with np.errstate(all="ignore"):  # log(0) in the value's own terms
+        dx = prog.grad("x").compile()(y=y, x=x, z=1.0)
+        d2x = prog.hessian("x").compile()(y=y, x=x, z=1.0)
+    by_hand = sum(2 * x * b ** (x * x) * np.log(b) for b in (2.0, 0.5))
+    by_hand2 = sum(2 * b ** (x * x) * (1 + 2 * x * x * np.log(b)) * np.log(b) for b in (2.0, 0.5))
+    np.testing.assert_allclose(dx, by_hand, rtol=1e-12)
+    np.testing.assert_allclose(d2x, by_hand2, rtol=1e-12)
+    f = lambda x: np.sum(y ** (x * x)) + 0.0 ** (2 * x)  # noqa: E731
+    assert abs(dx - (f(x + 1e-6) - f(x - 1e-6)) / 2e-6) < 1e-6
+
+
+def test_a_fractional_power_inside_a_user_function_is_not_merged_with_its_body():
+    """q((a)^-0.5) with q(x) = exp(-x^2): sympy would write exp(-1/a), finite where a < 0 although
+    a^-0.5 is not; the value is nan there, as the program says, and agrees with the gradient."""
+    prog = einmlp.parse("q(x) = exp(-x^2)\nL = q((c[n] z[l])^-0.5)")
+    c, z = np.array([1.5, -2.0]), np.array([0.5, 2.0])
+    with np.errstate(all="ignore"):
+        value = prog.compile()(c=c, z=z)
+        dc = prog.grad("c").compile()(c=c, z=z)
+    assert np.isnan(value) and np.isnan(dc[1]) and np.isfinite(dc[0])
+    positive = np.array([1.5, 2.0])
+    value = prog.compile()(c=positive, z=z)
+    np.testing.assert_allclose(value, sum(np.exp(-1 / (ci * zl)) for ci in positive for zl in z), rtol=1e-12)
+    dc = prog.grad("c").compile()(c=positive, z=z)
+    by_hand = [sum(np.exp(-1 / (ci * zl)) / (ci * ci * zl) for zl in z) for ci in positive]
+    np.testing.assert_allclose(dc, by_hand, rtol=1e-12)
