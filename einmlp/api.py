@@ -17,6 +17,7 @@ from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
 from .grad import RawDerivative, Step, differentiate, entry
 from .lower import EinsumPlan, Lowerer, output
+from .stable import softmax_shifts
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
@@ -100,7 +101,7 @@ class Program:
         default each call computes with the library of the arrays it is given.
         """
         of = self._of(of)
-        lowerer = Lowerer(self.model)
+        lowerer = Lowerer(self.model, softmax_shifts(self.model, values=(of,)))
         lowerer.need(of)
         plan = lowerer.plan({"": lowerer.var_of(of)})
         return Compiled(self.model, plan, f"forward_{of}", functions, backend=backend)
@@ -326,7 +327,7 @@ class Derivation:
     @cached_property
     @guarded
     def plan(self) -> EinsumPlan:
-        lowerer = Lowerer(self.model)
+        lowerer = Lowerer(self.model, softmax_shifts(self.program.model, values=(self.of,)))
         return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
     @guarded
@@ -386,7 +387,7 @@ class Gradients:
     @guarded
     def plan(self) -> EinsumPlan:
         """Every gradient read from the shared adjoints: each adjoint is computed once."""
-        lowerer = Lowerer(self.backprop.model)
+        lowerer = Lowerer(self.backprop.model, softmax_shifts(self.program.model, values=(self.of,)))
         outputs = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=self.backprop)
                    .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
         return lowerer.plan(outputs)

@@ -3,7 +3,7 @@
 Generated code speaks a small part of numpy's API through the name `np`: elementwise
 functions (`np.exp`, `np.logaddexp(0.0, x)`, `np.maximum(x, 0.0)`, `np.heaviside(x, 0.0)`,
 `np.power`), `np.einsum`, `np.transpose(x, axes)`, `x.sum(axis=...)`, `x.T` on matrices,
-`@` and indexing with `None`. jax.numpy, dask.array and cupy implement that part as numpy
+`np.max(x, axis=k, keepdims=True)`, `@` and indexing with `None`. jax.numpy, dask.array and cupy implement that part as numpy
 does, so their own module is `np`; torch gets a few adapters (its functions take `dim=`
 and tensors where numpy takes `axis=` and numbers). That is why there is no array-API
 bridge here: the standard has neither einsum nor heaviside, and the code would still
@@ -141,6 +141,7 @@ class Torch(Backend):
         ns.power = lambda a, b: torch.pow(a, b)
         ns.transpose = lambda x, axes: x.permute(*axes)
         ns.where = lambda c, a, b: torch.where(c, a, number(b, a))
+        ns.max = lambda x, axis, keepdims: torch.amax(x, dim=axis, keepdim=keepdims)
         ns.asarray = torch.as_tensor
         return ns
 

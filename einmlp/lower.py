@@ -462,8 +462,9 @@ def _reduction(operand: tuple, out: tuple) -> str:
 class Lowerer:
     """Builds one plan for one or more outputs, sharing every equation it can."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, shifts: dict[str, int] | None = None):
         self.model = model
+        self.shifts = shifts or {}  # softmax logits read less their row maximum (stable.py)
         self.equations: list[Equation] = []
         self.cache: dict[str, str] = {}   # numpy source -> variable holding it
         self.defined: set[str] = set()
@@ -486,6 +487,10 @@ class Lowerer:
         if name in self.computed:
             return name
         self.need(name)
+        if name in self.shifts and not self.size1_of(name):
+            var, axis = variable(name), self.shifts[name]
+            return self.emit(f"{var} - np.max({var}, axis={axis}, keepdims=True)",
+                             comment=f"{name} less each softmax row's maximum: the same softmax, no overflow")
         return variable(name)
 
     def need(self, name: str) -> None:
@@ -609,9 +614,7 @@ class Lowerer:
             if home:
                 home[1].append(p)
                 plain.remove(p)
-        operands = [(variable(p.base.label.name), tuple(p.indices)) for p in plain]
-        for p in plain:
-            self.need(p.base.label.name)
+        operands = [(self.var_of(p.base.label.name), tuple(p.indices)) for p in plain]
         number = term.coeff
         symbols = {i for i in order if i not in _SLOTS}
         if not operands and len(fused) == 1 and fused[0][0] == symbols:  # one product: scaled inside it

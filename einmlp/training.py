@@ -20,6 +20,7 @@ from .errors import EinmlpError, EinmlpWarning, UnknownNameError, guarded
 from . import backends
 from .compiled import Compiled
 from .lower import Lowerer, output
+from .stable import softmax_shifts
 
 METHODS = ("sgd", "momentum", "adam")
 VALUE = ""  # the key of the loss among the plan's outputs: no program name is empty
@@ -48,7 +49,7 @@ class ValueAndGrad:
         cache = self.__dict__
         if "_plan" not in cache:
             backprop = self.gradients.backprop
-            lowerer = Lowerer(backprop.model)
+            lowerer = Lowerer(backprop.model, softmax_shifts(self.program.model, values=(self.of,)))
             grads = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=backprop)
                      .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
             cache["_plan"] = lowerer.plan({VALUE: lowerer.var_of(self.of), **grads})

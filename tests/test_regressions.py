@@ -393,3 +393,63 @@ def test_a_fractional_power_inside_a_user_function_is_not_merged_with_its_body()
     dc = prog.grad("c").compile()(c=positive, z=z)
     by_hand = [sum(np.exp(-1 / (ci * zl)) / (ci * ci * zl) for zl in z) for ci in positive]
     np.testing.assert_allclose(dc, by_hand, rtol=1e-12)
+
+
+SOFTMAX_ATTENTION = """
+Q[t,d] = X[t,e] Wq[e,d]
+K[t,d] = X[t,e] Wk[e,d]
+V[t,d] = X[t,e] Wv[e,d]
+S[t,u] = s Q[t,d] K[u,dd]
+P[t,u] = exp(S[t,u]) / sum[v](exp(S[t,v]))
+O[t,d] = P[t,u] V[u,d]
+L      = (O[t,d] - Y[t,d])^2
+"""
+
+
+def _attention_arrays(scale):
+    rng = np.random.default_rng(0)
+    return dict(X=scale * rng.standard_normal((3, 4)), Wq=rng.standard_normal((4, 5)), Wk=rng.standard_normal((4, 5)),
+                Wv=rng.standard_normal((4, 5)), s=1.3, Y=rng.standard_normal((3, 5)))
+
+
+def test_softmax_logits_in_the_hundreds_keep_value_gradient_and_hessian():
+    """Logits up to about 1200: exp(S) alone overflows past 709 and the Hessian's exp(S)^2 / sum^2
+    past 354 (it came out finite and wrong by 10^5). The reference is autograd on a softmax
+    written with logsumexp, sharing nothing with einmlp."""
+    autograd = pytest.importorskip("autograd")
+    import autograd.numpy as anp
+    from autograd.scipy.special import logsumexp
+
+    arrays = _attention_arrays(9.0)
+
+    def loss(X):
+        Q, K, V = X @ arrays["Wq"], X @ arrays["Wk"], X @ arrays["Wv"]
+        S = arrays["s"] * anp.sum(Q, axis=1)[:, None] * anp.sum(K, axis=1)[None, :]
+        P = anp.exp(S - logsumexp(S, axis=1, keepdims=True))
+        return anp.sum((P @ V - arrays["Y"]) ** 2)
+    S = arrays["s"] * (arrays["X"] @ arrays["Wq"]).sum(1)[:, None] * (arrays["X"] @ arrays["Wk"]).sum(1)[None, :]
+    assert np.abs(S).max() > 1000
+    prog = einmlp.parse(SOFTMAX_ATTENTION)
+    np.testing.assert_allclose(prog.compile()(**arrays), loss(arrays["X"]), rtol=1e-12)
+    np.testing.assert_allclose(prog.grad("X").compile()(**arrays), autograd.grad(loss)(arrays["X"]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(prog.hessian("X").compile()(**arrays), autograd.hessian(loss)(arrays["X"]),
+                               rtol=1e-7, atol=1e-7)
+    assert einmlp.check(prog.grad("X"), arrays).ok and einmlp.check(prog.hessian("X"), arrays).ok
+
+
+def test_the_logits_and_their_exponential_keep_their_own_values():
+    """The shift is invisible: S, exp(S) and their derivatives asked for themselves are not shifted."""
+    arrays = _attention_arrays(1.0)
+    prog = einmlp.parse(SOFTMAX_ATTENTION)
+    S = arrays["s"] * (arrays["X"] @ arrays["Wq"]).sum(1)[:, None] * (arrays["X"] @ arrays["Wk"]).sum(1)[None, :]
+    np.testing.assert_allclose(prog.compile(of="S")(**arrays), S, rtol=1e-12)
+    through = einmlp.parse("E[t,u] = exp(S[t,u])\nP[t,u] = E[t,u] / sum[v](E[t,v])\nL = P[t,u] Y[t,u]")
+    S, Y = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]), np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]])
+    np.testing.assert_allclose(through.compile(of="E")(S=S, Y=Y), np.exp(S), rtol=1e-12)
+    np.testing.assert_allclose(through.grad("S", of="E").compile()(S=S, Y=Y),
+                               np.einsum("tu,tm,un->tumn", np.exp(S), np.eye(2), np.eye(3)), rtol=1e-12)
+    P = np.exp(S) / np.exp(S).sum(1, keepdims=True)
+    np.testing.assert_allclose(through.compile()(S=S, Y=Y), np.sum(P * Y), rtol=1e-12)
+    dS = P * (Y - np.sum(P * Y, axis=1, keepdims=True))
+    np.testing.assert_allclose(through.grad("S").compile()(S=S + 800.0, Y=Y), dS, rtol=1e-12)
+    assert "np.max" in through.grad("S").compile().source and "np.max" not in through.compile(of="E").source
