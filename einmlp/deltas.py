@@ -369,11 +369,24 @@ def contract_all(expr: sp.Expr, free: tuple, names: Names,
     contracted, renames = [], []
     for t in raw:
         t, r = contract(t, names)
-        renames.extend(r)
+        renames.extend(_substitutions(r))
         if t.coeff != 0:
             contracted.append(_count_orphans(simplify_with(t, definitions or {})))
     form = IndexForm(tuple(tidy(contracted)), tuple(free))
-    steps = [Step("Contract the deltas", sp.Symbol("_"), form.expr(), tuple(dict.fromkeys(renames)))]
+    in_chain_order = sorted(dict.fromkeys(renames), key=lambda rename: names.order.get(rename[0], 0))
+    steps = [Step("Contract the deltas", sp.Symbol("_"), form.expr(), tuple(in_chain_order))]
     return form, steps, product
+
+
+def _substitutions(renames: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Renames made one delta at a time (alpha->r, r->l, l->i) as one substitution per summed
+    index, what it finally became (alpha->i, r->i, l->i)."""
+    final: dict[str, str] = {}
+    for old, new in renames:
+        for k, v in final.items():
+            if v == old:
+                final[k] = new
+        final[old] = new
+    return list(final.items())
 
 

@@ -27,6 +27,17 @@ class _Real(sp.Function):
         return self.args[0].is_extended_real
 
 
+class sign(sp.sign):
+    """sign(x) of a real value: its derivative is 2 DiracDelta(x) x' for every argument.
+
+    sympy's own leaves the derivative unevaluated where it cannot prove the argument real
+    (sign(log|a|^2 + 1)), and nothing can compute that.
+    """
+
+    def _eval_derivative(self, s):
+        return 2 * sp.DiracDelta(self.args[0]) * self.args[0].diff(s)
+
+
 class Abs(sp.Abs):
     """|x| with derivative sign(x) x' for every argument: the language's values are real.
 
@@ -35,7 +46,7 @@ class Abs(sp.Abs):
     """
 
     def _eval_derivative(self, s):
-        return sp.sign(self.args[0]) * self.args[0].diff(s)
+        return sign(self.args[0]) * self.args[0].diff(s)
 
 
 class sigmoid(_Real):
@@ -90,7 +101,7 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
     Builtin("relu", relu, "np.maximum({x}, 0.0)", step),
     Builtin("softplus", softplus, "np.logaddexp(0.0, {x})", sigmoid),
     Builtin("sqrt", sp.sqrt, "np.sqrt({x})", lambda x: 1 / (2 * sp.sqrt(x))),
-    Builtin("abs", Abs, "np.abs({x})", sp.sign),
+    Builtin("abs", Abs, "np.abs({x})", sign),
     Builtin("sin", sp.sin, "np.sin({x})", sp.cos),
     Builtin("cos", sp.cos, "np.cos({x})", lambda x: -sp.sin(x)),
 ]}

@@ -20,6 +20,11 @@ from .symbolic import ESum, Extent, Model, Partial, index, index_names, tensor_n
 
 LINK_NAMES = ("mu", "nu", "l", "s", "r", "e", "alpha", "beta", "gamma", "kappa", "rho", "sigma", "tau",
               "phi", "chi", "psi", "omega", "eta", "zeta", "xi")
+# Links through the elementwise statements between `of` and its first contraction (the
+# article's Ytilde = Y - Yhat, Yhat = f2(C)) take these, so that the links the article writes
+# out, C[mu,nu], B[l,s], A[r,e], have its letters.
+EARLY_NAMES = ("alpha", "beta", "gamma", "kappa", "rho", "sigma", "tau", "phi", "chi", "psi", "omega", "eta",
+               "zeta", "xi")
 WRT_NAMES = ("m", "n", "p", "q", "u", "v", "w", "o")
 
 
@@ -79,8 +84,8 @@ class Names:
         self.order[name] = next(self._counter)
         return index(name)
 
-    def link(self) -> sp.Symbol:
-        for name in LINK_NAMES:
+    def link(self, early: bool = False) -> sp.Symbol:
+        for name in EARLY_NAMES if early else LINK_NAMES:
             if name not in self.taken:
                 return self.claim(name)
         return self.fresh("t")
@@ -105,8 +110,9 @@ def entry(name: str, indices) -> sp.Expr:
 
 
 class _Chain:
-    def __init__(self, model: Model, wrt: str, wrt_entry: sp.Expr, names: Names):
+    def __init__(self, model: Model, wrt: str, wrt_entry: sp.Expr, names: Names, early: frozenset = frozenset()):
         self.model, self.wrt, self.wrt_entry, self.names = model, wrt, wrt_entry, names
+        self.early = early  # the statements between `of` and its first contraction
         self.steps: list[Step] = []
 
     def local(self, expr: sp.Expr) -> sp.Expr:
@@ -115,7 +121,7 @@ class _Chain:
         for name in tensor_names(expr):
             if name not in self.model.definitions or not (self.model.depends(name, self.wrt)):
                 continue
-            links = [self.names.link() for _ in range(self.model.rank(name))]
+            links = [self.names.link(name in self.early) for _ in range(self.model.rank(name))]
             link_entry = entry(name, links)
             outer = expr.diff(link_entry)
             extents = [Extent(s.name, name, axis) for axis, s in enumerate(links)]
@@ -160,17 +166,29 @@ def differentiate(model: Model, of: str, wrt: str, *, of_expr=None, of_free=None
             raise UnknownNameError(f"{of} is not a target of the program (targets: {', '.join(model.targets)})")
         d = model.definitions[of]
         of_expr, of_free = d.expr, d.indices
-    taken = set().union(*(index_names(d.expr) for d in model.definitions.values()))
-    taken |= {s.name for s in of_free if s.is_Symbol} | index_names(of_expr)
-    names = Names(taken)
+    # Every link renames all of its statement's indices, so only `of`'s own are taken: a link's
+    # summed indices keep the program's letters (X[r,j], W2[k,nu]) where they are still free.
+    names = Names({s.name for s in of_free if s.is_Symbol} | index_names(of_expr))
     free_names = [n for n in WRT_NAMES if n not in names.taken]
     wrt_indices = [names.fresh(free_names[k] if k < len(free_names) else "m") for k in range(model.inputs[wrt])]
     names.order.clear()
     wrt_entry = entry(wrt, wrt_indices)
-    chain = _Chain(model, wrt, wrt_entry, names)
+    chain = _Chain(model, wrt, wrt_entry, names, _before_contraction(model, of_expr))
     of_entry = entry(of, of_free)
     first = chain.local(of_expr)
     chain.steps.append(Step("Chain rule", Partial(of_entry, wrt_entry), first))
     expr = chain.expand(first)
     return RawDerivative(expr, tuple(of_free) + tuple(wrt_indices), tuple(chain.steps), names)
 
+
+
+def _before_contraction(model: Model, of_expr: sp.Expr) -> frozenset:
+    """The statements `of` reads through elementwise statements only, that contract nothing themselves."""
+    early, todo = set(), tensor_names(of_expr)
+    while todo:
+        name = todo.pop()
+        d = model.definitions.get(name)
+        if d is not None and name not in early and not d.expr.has(ESum):
+            early.add(name)
+            todo.extend(tensor_names(d.expr))
+    return frozenset(early)

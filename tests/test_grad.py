@@ -7,6 +7,9 @@ import pytest
 from conftest import ARTICLE_ACTIVATED, ARTICLE_LINEAR, SEED000_BIAS, article_arrays, assert_gradient, random_arrays
 
 import einmlp
+import sympy as sp
+from einmlp.functions import UserFunction
+from einmlp.symbolic import index
 
 
 def handwritten_linear(X, W1, W2, Y):
@@ -109,3 +112,27 @@ def test_jacobian_shape_of_tensor_output():
     arrays = article_arrays(7)
     value = assert_gradient(d, arrays)
     assert value.shape == (7, 1, 3, 4)
+
+
+def test_the_article_chain_has_its_letters_and_one_substitution_per_summed_index():
+    """C[mu,nu], B[l,s], A[r,e] with the program's own k and j, as the article writes the chain;
+    the contraction names what each summed index finally becomes, once, in chain order."""
+    d = einmlp.parse(ARTICLE_ACTIVATED).grad("W1")
+    links = {s.subject: s.text.splitlines()[1].strip() for s in d.steps if s.title == "Link through"}
+    assert links["C"].startswith("dC[mu,nu]/dW1[m,n] = W2[k,0]*") and "dB[l,s]/dW1[m,n]" in links["C"]
+    assert links["B"].startswith("dB[l,s]/dW1[m,n] = ") and "dA[r,e]/dW1[m,n]" in links["B"]
+    assert links["A"] == "dA[r,e]/dW1[m,n] = X[r,j]*delta(e,n)*delta(j,m)"
+    contraction = next(s for s in d.steps if s.title == "Contract the deltas")
+    olds = [old for old, _ in contraction.renames]
+    assert len(olds) == len(set(olds))  # one substitution per summed index
+    assert dict(contraction.renames) == {"alpha": "i", "beta": "0", "gamma": "i", "kappa": "0", "mu": "i", "nu": "0",
+                                         "l": "i", "s": "n", "r": "i", "e": "n", "j": "m", "k": "n"}
+    assert olds.index("mu") < olds.index("l") < olds.index("r")  # in the chain's order
+    # made at once in the product of all deltas, the substitutions turn every delta into 1
+    # and every other factor into the contracted form's
+    product = next(s for s in d.steps if s.title == "Product of all deltas").expr
+    at = {index(a): sp.Integer(int(b)) if b.isdigit() else index(b) for a, b in contraction.renames}
+    assert {delta.xreplace(at) for delta in product.atoms(sp.KroneckerDelta)} == {1}
+    factors = {f.xreplace(at) for f in product.atoms(sp.Indexed, UserFunction)
+               if not any(isinstance(p, UserFunction) and f in p.args for p in product.atoms(UserFunction))}
+    assert factors == set(d.form.terms[0].factors)

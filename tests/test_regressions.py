@@ -453,3 +453,12 @@ def test_the_logits_and_their_exponential_keep_their_own_values():
     dS = P * (Y - np.sum(P * Y, axis=1, keepdims=True))
     np.testing.assert_allclose(through.grad("S").compile()(S=S + 800.0, Y=Y), dS, rtol=1e-12)
     assert "np.max" in through.grad("S").compile().source and "np.max" not in through.compile(of="E").source
+
+
+def test_the_second_derivative_of_an_abs_of_a_function_of_abs_compiles():
+    """sign(log|x|^2 + 1)' was left as sympy's unevaluated Derivative (it could not prove the
+    argument real) and compiling refused it; values are real, so it is 2 DiracDelta(u) u', taken as 0."""
+    prog = einmlp.parse("L = abs(log(abs(x))^2 + 1) + abs(x)^3")
+    x = 0.7
+    np.testing.assert_allclose(prog.hessian("x").compile()(x=x), 2 * (1 - np.log(x)) / x ** 2 + 6 * x, rtol=1e-12)
+    assert einmlp.check(prog.hessian("x"), {"x": np.array(x)}).ok
