@@ -526,7 +526,7 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
-        form = replace(form, terms=tuple(_term_power_logs(t) for t in form.terms))
+        form = replace(form, terms=tuple(_term_power_logs(self.unscaled(t)) for t in form.terms))
         form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
         sizes = dict(bindings)
@@ -549,6 +549,27 @@ class Lowerer:
         self.equations.append(Equation(out, "eval", (), code, comment))
         self.cache[code] = out
         return out
+
+    def unscaled(self, term: Term) -> Term:
+        """`term` reading T where it read a number times T: `Cbar = -3 C^2 Ytildebar` with
+        `Ytildebar = 2 Ytilde` is `-6 C^2 Ytilde`, one statement and one product less."""
+        coeff, factors, changed = term.coeff, list(term.factors), True
+        while changed:
+            changed = False
+            for k, f in enumerate(factors):
+                name = f.base.label.name if isinstance(f, sp.Indexed) else f.name if f.is_Symbol else None
+                d = self.model.definitions.get(name)
+                c, rest = d.expr.as_coeff_Mul() if d is not None else (None, None)
+                if not (c is not None and c.is_Number and (isinstance(rest, sp.Indexed) or rest.is_Symbol)):
+                    continue
+                own = tuple(d.indices)
+                if tuple(getattr(rest, "indices", ())) != own or len(set(own)) != len(own):
+                    continue
+                at = tuple(getattr(f, "indices", ()))
+                if any(not o.is_Symbol and o != a for o, a in zip(own, at)):
+                    continue  # read at a summed index where the copy has its fixed 0
+                coeff, factors[k], changed = coeff * c, rest.xreplace(dict(zip(own, at))), True
+        return replace(term, coeff=coeff, factors=tuple(factors)) if factors != list(term.factors) else term
 
     def unit_axis(self, form: IndexForm, bindings: dict) -> tuple[IndexForm, sp.Symbol | None]:
         """`form` with every fixed index 0 read as its output's one size-1 axis, and that axis.
