@@ -16,7 +16,7 @@ from itertools import count
 import sympy as sp
 
 from .errors import UnknownNameError
-from .symbolic import ESum, Extent, Model, Partial, index, index_names, tensor_names
+from .symbolic import ESum, Extent, Model, Partial, base, index, index_names, tensor_names
 
 LINK_NAMES = ("mu", "nu", "l", "s", "r", "e", "alpha", "beta", "gamma", "kappa", "rho", "sigma", "tau",
               "phi", "chi", "psi", "omega", "eta", "zeta", "xi")
@@ -106,7 +106,7 @@ class RawDerivative:
 
 def entry(name: str, indices) -> sp.Expr:
     """The entry `name[indices]` for sympy indices (a plain symbol when there are none)."""
-    return sp.IndexedBase(name, real=True)[tuple(indices)] if indices else sp.Symbol(name, real=True)
+    return base(name)[tuple(indices)] if indices else sp.Symbol(name, real=True)
 
 
 class _Chain:

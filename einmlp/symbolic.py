@@ -33,15 +33,21 @@ def index(name: str) -> sp.Symbol:
     return sp.Symbol(name, integer=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def base(name: str) -> sp.IndexedBase:
+    """A tensor's IndexedBase, made once: sympy deduces its assumptions anew for each one made."""
+    return sp.IndexedBase(name, real=True)
+
+
 def tensor(name: str, rank: int) -> sp.Basic:
     """The sympy object for a tensor: an IndexedBase, or a real Symbol for a scalar."""
-    return sp.IndexedBase(name, real=True) if rank else sp.Symbol(name, real=True)
+    return base(name) if rank else sp.Symbol(name, real=True)
 
 
 def ref(name: str, indices) -> sp.Expr:
     """The entry `name[indices]` (a plain symbol when there are no indices)."""
     indices = tuple(index(i) if isinstance(i, str) else sp.Integer(i) for i in indices)
-    return sp.IndexedBase(name, real=True)[indices] if indices else sp.Symbol(name, real=True)
+    return base(name)[indices] if indices else sp.Symbol(name, real=True)
 
 
 class Extent(sp.Expr):
@@ -154,7 +160,7 @@ class Definition:
 
     @property
     def lhs(self) -> sp.Expr:
-        return sp.IndexedBase(self.name, real=True)[self.indices] if self.indices else sp.Symbol(self.name, real=True)
+        return base(self.name)[self.indices] if self.indices else sp.Symbol(self.name, real=True)
 
 
 @dataclass(frozen=True, slots=True)
