@@ -3,9 +3,9 @@
 Generated code speaks a small part of numpy's API through the name `np`: elementwise
 functions (`np.exp`, `np.logaddexp(0.0, x)`, `np.maximum(x, 0.0)`, `np.heaviside(x, 0.0)`,
 `np.power`), `np.einsum`, `np.transpose(x, axes)`, `x.sum(axis=...)`, `x.T` on matrices,
-`np.max(x, axis=k, keepdims=True)`, `@` and indexing with `None`. jax.numpy, dask.array and cupy implement that part as numpy
-does, so their own module is `np`; torch gets a few adapters (its functions take `dim=`
-and tensors where numpy takes `axis=` and numbers). That is why there is no array-API
+`np.max(x, axis=k, keepdims=True)`, `@` and indexing with `None`. jax.numpy, dask.array
+and cupy implement that part as numpy does, so their own module is `np`; torch gets a few
+adapters (its functions take `dim=` and tensors where numpy takes `axis=` and numbers). That is why there is no array-API
 bridge here: the standard has neither einsum nor heaviside, and the code would still
 need these adapters.
 

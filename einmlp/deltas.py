@@ -379,8 +379,10 @@ def contract_all(expr: sp.Expr, free: tuple, names: Names,
 
 
 def _substitutions(renames: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Renames made one delta at a time (alpha->r, r->l, l->i) as one substitution per summed
-    index, what it finally became (alpha->i, r->i, l->i)."""
+    """One substitution per summed index, what it finally became (alpha->i, r->i, l->i).
+
+    `renames` were made one delta at a time: alpha->r, r->l, l->i.
+    """
     final: dict[str, str] = {}
     for old, new in renames:
         for k, v in final.items():

@@ -34,6 +34,7 @@ from .functions import PARAM, UserFunction, numpy_source, step, sigmoid
 from .grad import Names
 from .render import index_str
 from .shapes import fixed_axes
+from .stable import Held, PowerLog, term_power_logs
 from .symbolic import Extent, Model, free_indices, index_names
 
 # Generated code uses the globals np and oe, and names of its own that start with `_` (a user
@@ -159,60 +160,6 @@ def inline_definitions(expr: sp.Expr) -> sp.Expr:
         if new == expr:
             return new
         expr = new
-
-
-class Held(sp.Function):
-    """A user function's argument, written into its body as one value.
-
-    sympy merges `(a^(-1/2))^2` into `1/a`, which is finite where the program's own
-    `a^(-1/2)` is not (a < 0): the written-out body would compute a value the program
-    does not have, and its derivative (written from `q'`) would still be nan there.
-    """
-
-    nargs = 1
-
-    def _einmlp_str(self, printer) -> str:
-        return f"({printer._print(self.args[0])})"
-
-    _sympystr = _einmlp_str
-
-
-class PowerLog(sp.Function):
-    """log(b) as a factor of b^e: d(b^e)/de = b^e log(b) is 0 where b = 0, as in jax, torch
-    and autograd, not 0 * -inf = nan; computed as log(b) with b = 0 read as 1."""
-
-    nargs = 1
-
-    def _einmlp_str(self, printer) -> str:
-        return f"log({printer._print(self.args[0])})"
-
-    _sympystr = _einmlp_str
-
-
-def _power_logs(e: sp.Expr, powered: frozenset = frozenset()) -> sp.Expr:
-    """`e` with each log(b) that multiplies a power b^e of a varying exponent (in a product
-    inside `e`, or among `powered`, the bases of its fellow factors) as PowerLog(b), also
-    inside the sums and powers such a product holds: b^e (1 + e log(b)) log(b)."""
-    if not e.has(sp.log):
-        return e
-    if e.is_Mul:
-        powered = powered | {f.base for f in e.args if f.is_Pow and not f.exp.is_number}
-        return sp.Mul(*[_power_logs(f, powered) for f in e.args])
-    if isinstance(e, sp.log) and e.args[0] in powered:
-        return PowerLog(_power_logs(e.args[0]))
-    if e.is_Add or (e.is_Pow and e.exp.is_Integer and e.exp > 0):  # b^e (1 + e log(b)) log(b)^2 ...
-        return e.func(*[_power_logs(a, powered) for a in e.args])
-    return e.func(*[_power_logs(a) for a in e.args])
-
-
-def _term_power_logs(term: Term) -> Term:
-    """A term's factors and coefficient multiply: a log in one and the power in another pair up."""
-    if not any(f.has(sp.log) for f in (term.coeff, *term.factors)):
-        return term
-    parts = [p for f in (term.coeff, *term.factors) for p in sp.Mul.make_args(f)]
-    powered = frozenset(p.base for p in parts if p.is_Pow and not p.exp.is_number)
-    return replace(term, coeff=_power_logs(term.coeff, powered),
-                   factors=tuple(_power_logs(f, powered) for f in term.factors))
 
 
 def _written_size(e: sp.Expr) -> int:
@@ -526,7 +473,7 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
-        form = replace(form, terms=tuple(_term_power_logs(self.unscaled(t)) for t in form.terms))
+        form = replace(form, terms=tuple(term_power_logs(self.unscaled(t)) for t in form.terms))
         form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
         sizes = dict(bindings)
@@ -551,8 +498,11 @@ class Lowerer:
         return out
 
     def unscaled(self, term: Term) -> Term:
-        """`term` reading T where it read a number times T: `Cbar = -3 C^2 Ytildebar` with
-        `Ytildebar = 2 Ytilde` is `-6 C^2 Ytilde`, one statement and one product less."""
+        """`term` reading T where it read a number times T.
+
+        `Cbar = -3 C^2 Ytildebar` with `Ytildebar = 2 Ytilde` is `-6 C^2 Ytilde`: one statement
+        and one product less.
+        """
         coeff, factors, changed = term.coeff, list(term.factors), True
         while changed:
             changed = False

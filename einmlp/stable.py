@@ -1,19 +1,27 @@
-"""Softmax rows computed with their maximum subtracted.
+"""Numerical care in the generated code: the program's own values, computed where they are finite.
 
-`P[t,u] = exp(S[t,u]) / sum[v](exp(S[t,v]))` (or the same through `E[t,u] = exp(S[t,u])`)
-overflows once a logit passes 709, and its second derivatives, which hold
-`exp(S) * exp(S) / sum^2`, once one passes about 354: the Hessian of attention came out
-finite and wrong by 10^5 there. P does not change when a row of S is shifted by a constant,
-so neither does anything that reads S only through P, nor any derivative of it (a derivative
-of a function unchanged by the shift is unchanged too, whatever intermediates carry it). The
-generated code therefore reads S as `S - max over the row`, where the program reads S only
-through such softmaxes and nobody asks for the value of S, its exponential or the row sum.
+- Softmax rows less their maximum. `P[t,u] = exp(S[t,u]) / sum[v](exp(S[t,v]))` (or the
+  same through `E[t,u] = exp(S[t,u])`) overflows once a logit passes 709, and its second
+  derivatives, which hold `exp(S) * exp(S) / sum^2`, once one passes about 354: the Hessian
+  of attention came out finite and wrong by 10^5 there. P does not change when a row of S
+  is shifted by a constant, so neither does anything that reads S only through P, nor any
+  derivative of it (a derivative of a function unchanged by the shift is unchanged too,
+  whatever intermediates carry it). The generated code therefore reads S as `S - max over
+  the row`, where the program reads S only through such softmaxes and nobody asks for the
+  value of S, its exponential or the row sum.
+- `PowerLog`: the log(b) of d(b^e)/de = b^e log(b) reads b = 0 as 1, so the derivative is 0
+  there (b^e is 0 nearby), as jax, torch and autograd take it.
+- `Held`: a user function's argument written into its body as one value, so that sympy
+  cannot merge a fractional power in it with the body's integer powers.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy as sp
 
+from .deltas import Term
 from .symbolic import ESum, Model
 
 
@@ -87,3 +95,61 @@ def _same_kind(top: sp.Expr, body: sp.Expr):
 
 def _indices(e: sp.Expr) -> tuple:
     return tuple((e.args[0] if isinstance(e, sp.exp) else e).indices)
+
+
+class Held(sp.Function):
+    """A user function's argument, written into its body as one value.
+
+    sympy merges `(a^(-1/2))^2` into `1/a`, which is finite where the program's own
+    `a^(-1/2)` is not (a < 0): the written-out body would compute a value the program
+    does not have, and its derivative (written from `q'`) would still be nan there.
+    """
+
+    nargs = 1
+
+    def _einmlp_str(self, printer) -> str:
+        return f"({printer._print(self.args[0])})"
+
+    _sympystr = _einmlp_str
+
+
+class PowerLog(sp.Function):
+    """log(b) as a factor of b^e, computed with b = 0 read as 1.
+
+    d(b^e)/de = b^e log(b) is then 0 where b = 0, as in jax, torch and autograd, not 0 * -inf = nan.
+    """
+
+    nargs = 1
+
+    def _einmlp_str(self, printer) -> str:
+        return f"log({printer._print(self.args[0])})"
+
+    _sympystr = _einmlp_str
+
+
+def _power_logs(e: sp.Expr, powered: frozenset = frozenset()) -> sp.Expr:
+    """`e` with each log(b) that multiplies a power b^e of a varying exponent as PowerLog(b).
+
+    The power is in a product inside `e`, or among `powered`, the bases of its fellow factors;
+    the log may be inside the sums and powers such a product holds: b^e (1 + e log(b)) log(b).
+    """
+    if not e.has(sp.log):
+        return e
+    if e.is_Mul:
+        powered = powered | {f.base for f in e.args if f.is_Pow and not f.exp.is_number}
+        return sp.Mul(*[_power_logs(f, powered) for f in e.args])
+    if isinstance(e, sp.log) and e.args[0] in powered:
+        return PowerLog(_power_logs(e.args[0]))
+    if e.is_Add or (e.is_Pow and e.exp.is_Integer and e.exp > 0):  # b^e (1 + e log(b)) log(b)^2 ...
+        return e.func(*[_power_logs(a, powered) for a in e.args])
+    return e.func(*[_power_logs(a) for a in e.args])
+
+
+def term_power_logs(term: Term) -> Term:
+    """A term's factors and coefficient multiply: a log in one and the power in another pair up."""
+    if not any(f.has(sp.log) for f in (term.coeff, *term.factors)):
+        return term
+    parts = [p for f in (term.coeff, *term.factors) for p in sp.Mul.make_args(f)]
+    powered = frozenset(p.base for p in parts if p.is_Pow and not p.exp.is_number)
+    return replace(term, coeff=_power_logs(term.coeff, powered),
+                   factors=tuple(_power_logs(f, powered) for f in term.factors))

@@ -431,7 +431,8 @@ def test_softmax_logits_in_the_hundreds_keep_value_gradient_and_hessian():
     assert np.abs(S).max() > 1000
     prog = einmlp.parse(SOFTMAX_ATTENTION)
     np.testing.assert_allclose(prog.compile()(**arrays), loss(arrays["X"]), rtol=1e-12)
-    np.testing.assert_allclose(prog.grad("X").compile()(**arrays), autograd.grad(loss)(arrays["X"]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(prog.grad("X").compile()(**arrays), autograd.grad(loss)(arrays["X"]),
+                               rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(prog.hessian("X").compile()(**arrays), autograd.hessian(loss)(arrays["X"]),
                                rtol=1e-7, atol=1e-7)
     assert einmlp.check(prog.grad("X"), arrays).ok and einmlp.check(prog.hessian("X"), arrays).ok
@@ -456,8 +457,11 @@ def test_the_logits_and_their_exponential_keep_their_own_values():
 
 
 def test_the_second_derivative_of_an_abs_of_a_function_of_abs_compiles():
-    """sign(log|x|^2 + 1)' was left as sympy's unevaluated Derivative (it could not prove the
-    argument real) and compiling refused it; values are real, so it is 2 DiracDelta(u) u', taken as 0."""
+    """The Hessian of abs(log|x|^2 + 1) compiles.
+
+    sign(log|x|^2 + 1)' was left as sympy's unevaluated Derivative (it could not prove the
+    argument real) and compiling refused it; values are real, so it is 2 DiracDelta(u) u', taken as 0.
+    """
     prog = einmlp.parse("L = abs(log(abs(x))^2 + 1) + abs(x)^3")
     x = 0.7
     np.testing.assert_allclose(prog.hessian("x").compile()(x=x), 2 * (1 - np.log(x)) / x ** 2 + 6 * x, rtol=1e-12)
