@@ -31,6 +31,13 @@ def _ipow(x, n):
     return result
 
 
+def _sigmoid(x, np=np):
+    # 1 / (1 + exp(-x)) with exp of -|x| only: no overflow, as accurate as exp(-logaddexp(0, -x))
+    # and 2-4x faster (numpy's logaddexp is slow). `np` is the backend's namespace.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
 class Backend:
     """numpy, and the base of the others: what `np` is, and how arrays are made and typed."""
 
@@ -109,7 +116,8 @@ class Backend:
 
     def runtime(self, dtype, device) -> dict:
         """The globals the generated code runs with."""
-        return {"np": self.namespace, "_ipow": _ipow, **self.helpers(dtype, device)}
+        return {"np": self.namespace, "_ipow": _ipow, "_sigmoid": functools.partial(_sigmoid, np=self.namespace),
+                **self.helpers(dtype, device)}
 
     def wrap(self, fn):
         """The generated function as this library runs it best (jax: jitted)."""

@@ -131,13 +131,14 @@ class Compiled:
     def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
         if self.backend is None:  # arrays of a signature seen before: straight to the arithmetic
             given = list(args) if not arrays and len(args) == len(self.plan.inputs) else \
-                [arrays[n] for n in self.plan.inputs] if not args and arrays.keys() == self._names else None
+                [arrays[n] for n in self.plan.inputs] if not args and arrays.keys() >= self._names else None
             if given is not None and (library := self._library_of.get(kinds := tuple(map(type, given)))):
-                run = self._seen.get((kinds, tuple([library.signature(a) for a in given])))
-                if run is not None:
+                extra = self._extra_signature(library, arrays)  # the program's other inputs: checked shapes
+                run = extra is not None and self._seen.get((kinds, tuple([library.signature(a) for a in given]), extra))
+                if run:
                     return run(given)
         args, others = self._arguments(args, arrays)
-        raw = list(args)
+        raw, raw_others = list(args), dict(others)
         backend, args, others = self._bind(args, others)
         key = (backend.name, *[backend.signature(a) for a in args],
                *[(n, *backend.signature(a)) for n, a in others.items()])
@@ -158,11 +159,25 @@ class Compiled:
             same = converted is result
         # the same signature always gives results of the same types: convert again only if this one needed it
         run = (lambda given: fn(*given)) if same else (lambda given: self._converted(fn(*given), backend, dtype))
-        if self.backend is None and not others and all(r is a for r, a in zip(raw, args)):
+        if self.backend is None and all(r is a for r, a in zip(raw, args)) and \
+                all(raw_others[n] is a for n, a in others.items()):
             kinds = tuple(map(type, args))
             self._library_of[kinds] = backend
-            self._seen[(kinds, tuple([backend.signature(a) for a in args]))] = run
+            extra = self._extra_signature(backend, others)
+            if extra is not None:
+                self._seen[(kinds, tuple([backend.signature(a) for a in args]), extra)] = run
         return converted
+
+    def _extra_signature(self, library: backends.Backend, arrays: dict) -> tuple | None:
+        """The signatures of the given arrays the plan does not read (the shape check does); None
+        if one is not the library's array, and so was converted."""
+        extra = []
+        for name in sorted(arrays.keys() - self._names):
+            value = arrays[name]
+            if not library.owns(value) or name not in self.model.inputs:
+                return None
+            extra.append((name, type(value), library.signature(value)))
+        return tuple(extra)
 
     @staticmethod
     def _converted(result, backend, dtype):

@@ -466,3 +466,19 @@ def test_the_second_derivative_of_an_abs_of_a_function_of_abs_compiles():
     x = 0.7
     np.testing.assert_allclose(prog.hessian("x").compile()(x=x), 2 * (1 - np.log(x)) / x ** 2 + 6 * x, rtol=1e-12)
     assert einmlp.check(prog.hessian("x"), {"x": np.array(x)}).ok
+
+
+def test_an_input_the_plan_does_not_read_is_still_shape_checked_on_every_new_shape():
+    """The logistic Hessian reads X and w only; y, given too, is held to its shape (the loss reads
+    it) on the first call and again whenever its shape changes, fast path or not."""
+    hessian = einmlp.load(os.path.join(os.path.dirname(__file__), "..", "derivations", "logistic_regression.ein"))
+    fn = hessian.hessian("w").compile()
+    rng = np.random.default_rng(0)
+    X, w = rng.standard_normal((20, 3)), rng.standard_normal(3)
+    s = 1 / (1 + np.exp(-X @ w))
+    for _ in range(3):  # the second and third calls run from the cache of seen signatures
+        np.testing.assert_allclose(fn(X=X, w=w, y=np.ones(20)), X.T @ ((s * (1 - s))[:, None] * X), rtol=1e-12)
+    with pytest.raises(einmlp.ShapeError):
+        fn(X=X, w=w, y=np.ones(7))
+    with pytest.raises(einmlp.UnknownNameError):
+        fn(X=X, w=w, y=np.ones(20), yy=np.ones(20))
