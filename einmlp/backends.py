@@ -5,9 +5,9 @@ functions (`np.exp`, `np.logaddexp(0.0, x)`, `np.maximum(x, 0.0)`, `np.heaviside
 `np.power`), `np.einsum`, `np.transpose(x, axes)`, `x.sum(axis=...)`, `x.T` on matrices,
 `np.max(x, axis=k, keepdims=True)`, `@` and indexing with `None`. jax.numpy, dask.array
 and cupy implement that part as numpy does, so their own module is `np`; torch gets a few
-adapters (its functions take `dim=` and tensors where numpy takes `axis=` and numbers). That is why there is no array-API
-bridge here: the standard has neither einsum nor heaviside, and the code would still
-need these adapters.
+adapters (its functions take `dim=` and tensors where numpy takes `axis=` and numbers).
+That is why there is no array-API bridge here: the standard has neither einsum nor
+heaviside, and the code would still need these adapters.
 
 Each backend also builds the helpers `_full`, `_arange` and `_equal` for one float type
 and device, so float32 stays float32 and a GPU array never meets a host array.

@@ -169,8 +169,10 @@ class Compiled:
         return converted
 
     def _extra_signature(self, library: backends.Backend, arrays: dict) -> tuple | None:
-        """The signatures of the given arrays the plan does not read (the shape check does); None
-        if one is not the library's array, and so was converted."""
+        """The signatures of the given arrays the plan does not read (the shape check does).
+
+        None if one is not the library's array, and so was converted.
+        """
         extra = []
         for name in sorted(arrays.keys() - self._names):
             value = arrays[name]
