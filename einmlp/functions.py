@@ -99,7 +99,7 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
     Builtin("tanh", sp.tanh, "np.tanh({x})", lambda x: 1 - sp.tanh(x) ** 2),
     Builtin("sigmoid", sigmoid, "_sigmoid({x})", lambda x: sigmoid(x) * (1 - sigmoid(x))),
     Builtin("relu", relu, "np.maximum({x}, 0.0)", step),
-    Builtin("softplus", softplus, "np.logaddexp(0.0, {x})", sigmoid),
+    Builtin("softplus", softplus, "_softplus({x})", sigmoid),
     Builtin("sqrt", sp.sqrt, "np.sqrt({x})", lambda x: 1 / (2 * sp.sqrt(x))),
     Builtin("abs", Abs, "np.abs({x})", sign),
     Builtin("sin", sp.sin, "np.sin({x})", sp.cos),
