@@ -204,8 +204,9 @@ class _Walk:
         used = {s.name for f in term.factors for s in f.free_symbols if s.is_integer} | {str(s) for s in term.summed}
         used |= {str(i) for i in free}
         rename = {}
+        entries = sp.Mul(*term.factors).atoms(sp.Indexed) if term.summed else set()
         for s in term.summed:
-            home = next((f for f in sp.Mul(*term.factors).atoms(sp.Indexed) if s in f.indices
+            home = next((f for f in entries if s in f.indices
                          and f.base.label.name in self.definitions), None)
             own = self.definitions[home.base.label.name].indices[list(home.indices).index(s)] if home else None
             if own is None or not own.is_Symbol or own.name in used:  # else the program's own index names

@@ -276,6 +276,9 @@ def tidy(terms: list[Term]) -> list[Term]:
     """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
     out: list[Term] = []
     where: dict[tuple, list[int]] = {}  # key -> the places in `out` whose term has (or had) it
+    if len(terms) == 1:  # nothing to add it to: no keys to print (most adjoints of a chain are one term)
+        out = [_count_orphans(_split(t, t.coeff, sp.Mul(*t.factors))) for t in terms]
+        return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
     def place(k: int) -> None:
         for key in _keys(out[k]):
