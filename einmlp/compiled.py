@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import operator
 
 import numpy as np
 
@@ -49,6 +50,10 @@ class Compiled:
         self._seen: dict[tuple, object] = {}  # (argument types, signatures) seen before -> what runs them
         self._library_of: dict[tuple, backends.Backend] = {}  # the argument types seen -> their backend
         self._names = set(plan.inputs)
+        # numpy arrays by keyword, as seen before: (names, shapes and dtypes) -> what runs them
+        self._by_keywords: dict[tuple, object] = {}
+        self._pick = operator.itemgetter(*plan.inputs) if len(plan.inputs) > 1 else \
+            (lambda given, name=plan.inputs[0]: (given[name],)) if plan.inputs else (lambda given: ())
         self._fixed = shape_stage.fixed_axes(model)  # axes of length 1, checked for every call signature
 
     @property
@@ -129,6 +134,11 @@ class Compiled:
         return fn
 
     def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
+        if not args and self.backend is None:  # the common call, numpy arrays by keyword: one lookup
+            key = (tuple(arrays), tuple([(a.shape, a.dtype) for a in arrays.values() if type(a) is np.ndarray]))
+            run = self._by_keywords.get(key)
+            if run is not None:
+                return run(*self._pick(arrays))
         if self.backend is None:  # arrays of a signature seen before: straight to the arithmetic
             given = list(args) if not arrays and len(args) == len(self.plan.inputs) else \
                 [arrays[n] for n in self.plan.inputs] if not args and arrays.keys() >= self._names else None
@@ -137,6 +147,7 @@ class Compiled:
                 run = extra is not None and self._seen.get((kinds, tuple([library.signature(a) for a in given]), extra))
                 if run:
                     return run(given)
+        by_keywords = not args and all(type(a) is np.ndarray for a in arrays.values())
         args, others = self._arguments(args, arrays)
         raw, raw_others = list(args), dict(others)
         backend, args, others = self._bind(args, others)
@@ -166,6 +177,9 @@ class Compiled:
             extra = self._extra_signature(backend, others)
             if extra is not None:
                 self._seen[(kinds, tuple([backend.signature(a) for a in args]), extra)] = run
+            if by_keywords and backend is backends.NUMPY:
+                key = (tuple(arrays), tuple([(a.shape, a.dtype) for a in arrays.values()]))
+                self._by_keywords[key] = fn if same else (lambda *given: self._converted(fn(*given), backend, dtype))
         return converted
 
     def _extra_signature(self, library: backends.Backend, arrays: dict) -> tuple | None:

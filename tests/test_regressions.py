@@ -482,3 +482,23 @@ def test_an_input_the_plan_does_not_read_is_still_shape_checked_on_every_new_sha
         fn(X=X, w=w, y=np.ones(7))
     with pytest.raises(einmlp.UnknownNameError):
         fn(X=X, w=w, y=np.ones(20), yy=np.ones(20))
+
+
+def test_calls_by_keyword_from_the_cache_still_see_each_new_shape_and_type():
+    """Numpy arrays by keyword run from one lookup once their names, shapes and dtypes were seen;
+    any other shape, dtype or array type goes through the checks again."""
+    fn = einmlp.parse("H[b,z] = tanh(X[b,d] W[d,z])\nL = (H[b,z] - T[b,z])^2").grad(["W"]).compile()
+    rng = np.random.default_rng(0)
+    X, W, T = rng.standard_normal((5, 3)), rng.standard_normal((3, 2)), rng.standard_normal((5, 2))
+    H = np.tanh(X @ W)
+    expected = X.T @ (2 * (H - T) * (1 - H * H))
+    for _ in range(3):
+        np.testing.assert_allclose(fn(X=X, W=W, T=T)["W"], expected, rtol=1e-12)
+    with pytest.raises(einmlp.ShapeError):
+        fn(X=X, W=W, T=T[:4])
+    with pytest.raises(einmlp.ShapeError):
+        fn(X=X, W=W, T=T.T.copy())
+    single = fn(X=X.astype(np.float32), W=W.astype(np.float32), T=T.astype(np.float32))["W"]
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(fn(W=W, T=T, X=X)["W"], expected, rtol=1e-12)  # another keyword order
+    np.testing.assert_allclose(fn(X=X.tolist(), W=W, T=T)["W"], expected, rtol=1e-12)  # a list: converted
