@@ -158,6 +158,7 @@ class Torch(Backend):
         ns.transpose = lambda x, axes: x.permute(*axes)
         ns.where = lambda c, a, b: torch.where(c, a, number(b, a))
         ns.max = lambda x, axis, keepdims: torch.amax(x, dim=axis, keepdim=keepdims)
+        ns.reshape = torch.reshape
         ns.asarray = torch.as_tensor
         return ns
 

@@ -82,6 +82,30 @@ def test_every_derivation_gives_numpys_numbers_on_each_library(path, library):
         _same({"H": BACK[library](value)}, {"H": h.compile()(**arrays)})
 
 
+BATCHED = """
+Q[b,t,d] = X[b,t,e] Wq[e,d]
+K[b,t,d] = X[b,t,e] Wk[e,d]
+E[b,t,u] = exp(Q[b,t,d] K[b,u,d])
+P[b,t,u] = E[b,t,u] / sum[v](E[b,t,v])
+O[b,t,d] = P[b,t,u] X[b,u,d]
+L = (O[b,t,d] W2[d,h] - Y[b,t,h])^2
+"""
+
+
+@pytest.mark.parametrize("library", ["torch", "jax", "dask"])
+def test_batched_products_give_numpys_numbers_on_each_library(library):
+    """A batch axis in front: X[b,t,e] W[e,d] flattens to one BLAS product (np.reshape), Q K^T is batched."""
+    _jax() if library == "jax" else _library(library)
+    grads = einmlp.parse(BATCHED).grad(["Wq", "Wk", "W2"])
+    assert "np.reshape" in grads.compile().source
+    rng = np.random.default_rng(5)
+    shapes = {"X": (2, 3, 4), "Wq": (4, 4), "Wk": (4, 4), "W2": (4, 5), "Y": (2, 3, 5)}
+    arrays = {n: rng.standard_normal(s) * 0.5 for n, s in shapes.items()}
+    fn = grads.compile()
+    result = fn(**{n: TO[library](a) for n, a in arrays.items()})
+    _same({n: BACK[library](v) for n, v in result.items()}, fn(**arrays))
+
+
 def test_torch_tensors_that_require_grad_stay_in_torchs_graph():
     """The gradient is a torch expression of the inputs: torch can differentiate through it (a Hessian-vector product)."""
     torch = _library("torch")
