@@ -102,3 +102,24 @@ def test_finite_differences_fooled_by_rounding_in_the_value_are_not_a_wrong_grad
     assert fuzz._fd_compare(prog.compile(), grad, arrays, "z", random.Random(0), "dL/dz") == "checked"
     with pytest.raises(fuzz._Wrong):  # a gradient 1% off is still caught
         fuzz._fd_compare(prog.compile(), 1.01 * grad, arrays, "z", random.Random(0), "dL/dz")
+
+
+def test_derivatives_of_values_that_overflow_or_are_noise_are_not_compared():
+    """Found by fuzzing: G C / sqrt(sum C^1000) is 0 where C^1000 overflows (its true slope is not),
+    and sin of a polynomial near 1e47 is float noise (einmlp, autograd and finite differences
+    all disagree); neither is a wrong gradient, and neither is compared."""
+    import random
+
+    import numpy as np
+    prog = einmlp.parse("Z[t] = g[t] C[t] / sqrt(sum[e](C[e]^1000))")
+    arrays = {"g": np.array([1.5, 2.0]), "C": np.array([3.0, 0.5])}
+    with np.errstate(all="ignore"):
+        grad = prog.grad("C").compile()(**arrays)
+        assert fuzz._fd_compare(prog.compile(), grad, arrays, "C", random.Random(0), "dZ/dC") == "overflow"
+    prog = einmlp.parse("f(x) = x^2 + 1\ng(x) = f(f(f(f(f(f(f(x)))))))\nL = sin(g(x))")  # sin of about 4.5e38
+    arrays = {"x": np.array(1.7)}
+    grad = prog.grad("x").compile()(**arrays)
+    assert fuzz._fd_compare(prog.compile(), grad, arrays, "x", random.Random(0), "dL/dx") == "ill-conditioned"
+    prog = einmlp.parse("L = sin(x) * 1e6")  # steep but smooth: compared
+    grad = prog.grad("x").compile()(x=np.array(0.3))
+    assert fuzz._fd_compare(prog.compile(), grad, {"x": np.array(0.3)}, "x", random.Random(0), "dL/dx") == "checked"
