@@ -306,6 +306,15 @@ class _Printer:
         return f"_equal({axis(a)}, {axis(b)})"
 
 
+def _gate(f: sp.Expr) -> sp.Expr | None:
+    """step(u) for a factor step(u) or step(u)^n (a second derivative's relu'^2), else None."""
+    if isinstance(f, step):
+        return f
+    if f.is_Pow and isinstance(f.base, step) and f.exp.is_Integer and f.exp > 0:
+        return f.base
+    return None
+
+
 def _matmul(a: tuple, b: tuple, out: tuple) -> str:
     """Numpy `@` source for a two-operand einsum that is one matrix product, else ""."""
     (va, ia), (vb, ib) = a, b
@@ -721,11 +730,11 @@ class Lowerer:
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
         printer = _Printer(local, size_of, self.var_of, self.size1_of)
-        gates = [f for fs in by_set.values() for f in fs if isinstance(f, step)]
-        if gates and any(not isinstance(f, step) for fs in by_set.values() for f in fs):
+        gates = [g for fs in by_set.values() for f in fs if (g := _gate(f)) is not None]
+        if gates and any(_gate(f) is None for fs in by_set.values() for f in fs):
             # relu'(x) * g is where(x > 0, g, 0): 0 where relu is flat even if g is inf there
-            # (sqrt(relu(x))' at x < 0), as torch and jax take relu's derivative
-            by_set = {k: rest for k, fs in by_set.items() if (rest := [f for f in fs if not isinstance(f, step)])}
+            # (sqrt(relu(x))' at x < 0), as torch and jax take relu's derivative; relu'(x)^2 too
+            by_set = {k: rest for k, fs in by_set.items() if (rest := [f for f in fs if _gate(f) is None])}
         else:
             gates = []
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}

@@ -502,3 +502,14 @@ def test_calls_by_keyword_from_the_cache_still_see_each_new_shape_and_type():
     assert single.dtype == np.float32
     np.testing.assert_allclose(fn(W=W, T=T, X=X)["W"], expected, rtol=1e-12)  # another keyword order
     np.testing.assert_allclose(fn(X=X.tolist(), W=W, T=T)["W"], expected, rtol=1e-12)  # a list: converted
+
+
+def test_a_relu_gated_second_derivative_is_0_where_relu_is_flat():
+    """relu(x)^y twice: y (y - 1) relu(x)^(y - 2) relu'(x)^2 is 0 at x < 0, not inf * 0 = nan;
+    relu'(x)^2 gates as relu'(x) does (found by fuzzing, in a Hessian)."""
+    prog = einmlp.parse("L = relu(x[k])^y")
+    x, y = np.array([-1.0, 2.0, -0.5]), 1.5
+    with np.errstate(all="ignore"):
+        h = prog.hessian("x").compile()(x=x, y=y)
+    np.testing.assert_allclose(h, np.diag([0.0, y * (y - 1) * 2.0 ** (y - 2), 0.0]), rtol=1e-12)
+    assert einmlp.check(prog.hessian("x"), {"x": x, "y": np.array(y)}).ok
