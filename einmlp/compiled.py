@@ -47,11 +47,10 @@ class Compiled:
         self._checks = checks  # statements to check as well when their inputs are given (the `of`)
         self._signatures: dict[tuple, tuple] = {}  # call signature -> (float type, function)
         self._functions_for: dict[tuple, object] = {}  # (backend, float type, device, fused) -> function
-        self._seen: dict[tuple, object] = {}  # (argument types, signatures) seen before -> what runs them
+        # calls seen before: (keyword names, argument types, signatures) -> the function that runs them
+        self._seen: dict[tuple, object] = {}
         self._library_of: dict[tuple, backends.Backend] = {}  # the argument types seen -> their backend
         self._names = set(plan.inputs)
-        # numpy arrays by keyword, as seen before: (names, shapes and dtypes) -> what runs them
-        self._by_keywords: dict[tuple, object] = {}
         self._pick = operator.itemgetter(*plan.inputs) if len(plan.inputs) > 1 else \
             (lambda given, name=plan.inputs[0]: (given[name],)) if plan.inputs else (lambda given: ())
         self._fixed = shape_stage.fixed_axes(model)  # axes of length 1, checked for every call signature
@@ -134,20 +133,13 @@ class Compiled:
         return fn
 
     def __call__(self, /, *args, **arrays):  # positional-only self: an input may be called `self`
-        if not args and self.backend is None:  # the common call, numpy arrays by keyword: one lookup
-            key = (tuple(arrays), tuple([(a.shape, a.dtype) for a in arrays.values() if type(a) is np.ndarray]))
-            run = self._by_keywords.get(key)
-            if run is not None:
-                return run(*self._pick(arrays))
-        if self.backend is None:  # arrays of a signature seen before: straight to the arithmetic
-            given = list(args) if not arrays and len(args) == len(self.plan.inputs) else \
-                [arrays[n] for n in self.plan.inputs] if not args and arrays.keys() >= self._names else None
-            if given is not None and (library := self._library_of.get(kinds := tuple(map(type, given)))):
-                extra = self._extra_signature(library, arrays)  # the program's other inputs: checked shapes
-                run = extra is not None and self._seen.get((kinds, tuple([library.signature(a) for a in given]), extra))
-                if run:
-                    return run(given)
-        by_keywords = not args and all(type(a) is np.ndarray for a in arrays.values())
+        if self.backend is None and not (args and arrays):  # a call seen before: straight to the arithmetic
+            given = arrays.values() if arrays else args  # by keyword: every array given, read or only checked
+            if library := self._library_of.get(kinds := tuple(map(type, given))):
+                run = self._seen.get((tuple(arrays), kinds, tuple([library.signature(a) for a in given])))
+                if run is not None:
+                    return run(*self._pick(arrays)) if arrays else run(*args)
+        call = (tuple(arrays), tuple(arrays.values()) if arrays else args) if not (args and arrays) else None
         args, others = self._arguments(args, arrays)
         raw, raw_others = list(args), dict(others)
         backend, args, others = self._bind(args, others)
@@ -169,31 +161,14 @@ class Compiled:
             converted = backend.result(result, dtype)
             same = converted is result
         # the same signature always gives results of the same types: convert again only if this one needed it
-        run = (lambda given: fn(*given)) if same else (lambda given: self._converted(fn(*given), backend, dtype))
-        if self.backend is None and all(r is a for r, a in zip(raw, args)) and \
-                all(raw_others[n] is a for n, a in others.items()):
-            kinds = tuple(map(type, args))
+        if self.backend is None and call is not None and all(r is a for r, a in zip(raw, args)) and \
+                all(raw_others[n] is a for n, a in others.items()):  # nothing converted: the next call need not be
+            names, given = call
+            kinds = tuple(map(type, given))
             self._library_of[kinds] = backend
-            extra = self._extra_signature(backend, others)
-            if extra is not None:
-                self._seen[(kinds, tuple([backend.signature(a) for a in args]), extra)] = run
-            if by_keywords and backend is backends.NUMPY:
-                key = (tuple(arrays), tuple([(a.shape, a.dtype) for a in arrays.values()]))
-                self._by_keywords[key] = fn if same else (lambda *given: self._converted(fn(*given), backend, dtype))
+            run = fn if same else (lambda *plan_arrays: self._converted(fn(*plan_arrays), backend, dtype))
+            self._seen[(names, kinds, tuple([backend.signature(a) for a in given]))] = run
         return converted
-
-    def _extra_signature(self, library: backends.Backend, arrays: dict) -> tuple | None:
-        """The signatures of the given arrays the plan does not read (the shape check does).
-
-        None if one is not the library's array, and so was converted.
-        """
-        extra = []
-        for name in sorted(arrays.keys() - self._names):
-            value = arrays[name]
-            if not library.owns(value) or name not in self.model.inputs:
-                return None
-            extra.append((name, type(value), library.signature(value)))
-        return tuple(extra)
 
     @staticmethod
     def _converted(result, backend, dtype):
