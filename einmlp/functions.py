@@ -58,7 +58,7 @@ class tanh(sp.tanh):
     """
 
     @classmethod
-    def eval(cls, arg):
+    def eval(cls, arg):  # safe: sympy's hook that evaluates a function of a sympy number, not Python's eval
         return super().eval(arg) if arg.is_Number else None
 
     def fdiff(self, argindex=1):

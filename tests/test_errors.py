@@ -177,13 +177,13 @@ def test_abstract_function_must_be_supplied():
 def test_library_never_evaluates_user_text():
     """No module hands text to eval/exec/sympify; the one exec compiles generated code.
 
-    (`def eval(cls, arg)` is sympy's hook for a function class evaluating its argument.)
+    A reviewed use carries `# safe: why`: sympy's `def eval(cls, arg)` hook of a function class.
     """
     from pathlib import Path
     import re
     for path in Path(einmlp.__file__).parent.glob("*.py"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.fullmatch(r"\s*def eval\(cls, arg\):", line):
+            if re.fullmatch(r"\s*def eval\(cls, arg\):  # safe: .+", line):
                 continue
             if re.search(r"(^|[^_.a-zA-Z])(eval|exec)\(|sympify\(|parse_expr\(", line):
                 assert path.name == "codegen.py" and "exec(code, namespace)  # safe:" in line, f"{path.name}:{number}"
