@@ -276,24 +276,24 @@ def tidy(terms: list[Term]) -> list[Term]:
     """Simplify elementwise sums and add up terms that differ in one elementwise factor."""
     out: list[Term] = []
     where: dict[tuple, list[int]] = {}  # key -> the places in `out` whose term has (or had) it
-    if len(terms) == 1:  # nothing to add it to: no keys to print (most adjoints of a chain are one term)
-        out = [_count_orphans(_split(t, t.coeff, sp.Mul(*t.factors))) for t in terms]
-        return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
-    def place(k: int) -> None:
-        for key in _keys(out[k]):
-            where.setdefault(key, []).append(k)
-    for t in terms:
+    def place(k: int, later: bool) -> None:
+        if later:  # keys are printed only for terms a later one may combine with
+            for key in _keys(out[k]):
+                where.setdefault(key, []).append(k)
+    for n, t in enumerate(terms):
+        later = n < len(terms) - 1
         t = _count_orphans(_split(t, t.coeff, sp.Mul(*t.factors)))  # a cancelled factor can orphan an index
-        for k in sorted({k for key in _keys(t) for k in where.get(key, ())}):  # the first that combines, as before
+        candidates = {k for key in _keys(t) for k in where.get(key, ())} if where else ()
+        for k in sorted(candidates):  # the first that combines, as before
             merged = _combine(out[k], t)
             if merged is not None:
                 out[k] = _count_orphans(merged)
-                place(k)
+                place(k, later)
                 break
         else:
             out.append(t)
-            place(len(out) - 1)
+            place(len(out) - 1, later)
     return [t for t in out if t.coeff != 0 and all(f != 0 for f in t.factors)]
 
 
