@@ -13,15 +13,14 @@ A term `c * sum[s](f1 * f2 * ...)` becomes: one elementwise equation per group o
 factors (a computed factor absorbs every factor whose indices it covers, so
 `Ytilde * f2'(C) * W2.T * f1'(A)` is one fused numpy expression), then one einsum over
 the groups that are left (`X.T @ G` reaches BLAS through opt_einsum), then a sum of
-terms broadcast to the output's axes.
+terms broadcast to the output's axes. The numpy source of elementwise expressions is
+printing.py's, the matrix-product patterns are products.py's, and the order the
+equations run in is schedule.py's.
 """
 
 from __future__ import annotations
 
-import functools
 import keyword
-import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -29,13 +28,16 @@ import sympy as sp
 from opt_einsum import get_symbol
 
 from .deltas import IndexForm, Term, normalize
-from .errors import EinmlpError, IndexNotationError
-from .functions import PARAM, UserFunction, numpy_source, step, sigmoid
+from .errors import IndexNotationError
+from .functions import UserFunction
 from .grad import Names
+from .printing import Printer, align, gate, inline_definitions, letters, never_negative
+from .products import matmul, reduction
 from .render import index_str
+from .schedule import early, name_directly
 from .shapes import fixed_axes
-from .stable import Held, PowerLog, term_power_logs
-from .symbolic import Extent, Model, free_indices, index_names
+from .stable import term_power_logs
+from .symbolic import Model, free_indices, index_names
 
 # Generated code uses the globals np and oe, and names of its own that start with `_` (a user
 # name never does): temporaries _t1, outputs _grad_W1, helpers _full. User names are kept as
@@ -84,315 +86,6 @@ def output(name: str) -> str:
     return "_grad_" + name
 
 
-def _float(number: sp.Expr) -> str:
-    """A constant as float source; a value beyond float range is np.inf, never the name inf."""
-    value = float(number)
-    if math.isfinite(value):
-        return repr(value)
-    return "np.nan" if math.isnan(value) else ("np.inf" if value > 0 else "-np.inf")
-
-
-def _letters(indices, letter_of) -> str:
-    return "".join(letter_of[i] for i in indices)
-
-
-def align(var: str, indices: tuple, order: list, size1: frozenset = frozenset()) -> str:
-    """Numpy source viewing `var[indices]` with axes laid out as `order` (missing ones as None).
-
-    `size1` lists axes known to have length 1: `C[i,0]` laid out over (i, n) is just `C`. A fixed
-    index is always on an axis of length 1, which broadcasts like a missing one: `W2[k,0]` laid
-    out over (i, k) is `W2.T`.
-    """
-    fixed = [p for p, i in enumerate(indices) if i.is_Integer]
-    missing = [o for o in order if o not in indices]
-    symbols = [i for i in indices if not i.is_Integer]
-    if fixed and len(fixed) == len(missing) and len(set(symbols)) == len(symbols) and set(symbols) <= set(order):
-        standing = list(indices)
-        for p, o in zip(fixed, missing):
-            standing[p] = o
-        perm = [standing.index(o) for o in order]
-        if perm == list(range(len(perm))):
-            return var
-        return f"{var}.T" if len(perm) == 2 else f"np.transpose({var}, {tuple(perm)})"
-    if len(indices) == len(order) and all(i == o or (i.is_Integer and o not in indices)
-                                          for i, o in zip(indices, order)):
-        if all(i.is_Symbol or p in size1 for p, i in enumerate(indices)):
-            return var
-        return var + "[" + ", ".join(f"{i}:{i + 1}" if i.is_Integer else ":" for i in indices) + "]"
-    code = var
-    if any(i.is_Integer for i in indices):
-        code += "[" + ", ".join(str(i) if i.is_Integer else ":" for i in indices) + "]"
-    symbols = [i for i in indices if not i.is_Integer]
-    unique = list(dict.fromkeys(symbols))
-    if len(unique) < len(symbols):
-        letter = {s: get_symbol(k) for k, s in enumerate(unique)}
-        code = f"np.einsum('{_letters(symbols, letter)}->{_letters(unique, letter)}', {code})"
-    target = [i for i in order if i in unique]
-    perm = [unique.index(i) for i in target]
-    if perm != list(range(len(perm))):
-        code = f"{code}.T" if len(perm) == 2 else f"np.transpose({code}, {tuple(perm)})"
-    if target != list(order) and target:
-        code += "[" + ", ".join(":" if i in unique else "None" for i in order) + "]"
-    return code
-
-
-MAX_WRITTEN = 20000  # nodes of an expression with its user functions written out
-
-
-@functools.lru_cache(maxsize=4096)  # written out once, however often it is compiled
-def inline_definitions(expr: sp.Expr) -> sp.Expr:
-    """Replace defined user functions (and their derivatives) by their bodies.
-
-    Refused beyond MAX_WRITTEN nodes, measured before writing anything out: the second
-    derivative of f(f(x)) nested k deep grows like 2^k, and sympy would take minutes.
-    """
-    if (size := _written_size(expr)) > MAX_WRITTEN:
-        raise EinmlpError(f"a derivative of the program's functions grows to about {size} operations when they "
-                          f"are written out (at most {MAX_WRITTEN}); write some of the nested functions as statements")
-
-    def body(e):
-        argument = e.args[0]
-        if any(p.is_Pow and not p.exp.is_integer for p in sp.preorder_traversal(argument)):
-            argument = Held(argument)  # sqrt(a) in f(x) = x^2 stays sqrt(a)*sqrt(a), nan where a < 0
-        return type(e).definition.xreplace({PARAM: argument})
-    while True:
-        new = expr.replace(lambda e: isinstance(e, UserFunction) and type(e).definition is not None, body)
-        if new == expr:
-            return new
-        expr = new
-
-
-def _written_size(e: sp.Expr) -> int:
-    """How many nodes `e` has with its user functions written out, counted without writing them."""
-    if isinstance(e, UserFunction) and type(e).definition is not None:
-        size, uses = _body_size(type(e))
-        return size + uses * (_written_size(e.args[0]) - 1)
-    return 1 + sum(_written_size(a) for a in e.args)
-
-
-@functools.lru_cache(maxsize=4096)
-def _body_size(function: type) -> tuple[int, int]:
-    """A user function's body written out: (its nodes, how many times it uses its argument)."""
-    return _written_size(function.definition), _uses(function.definition)
-
-
-def _uses(e: sp.Expr) -> int:
-    if e == PARAM:
-        return 1
-    if isinstance(e, UserFunction) and type(e).definition is not None:
-        return _body_size(type(e))[1] * _uses(e.args[0])
-    return sum(_uses(a) for a in e.args)
-
-
-def _nonnegative(e: sp.Expr) -> bool:
-    """Whether `e` is provably >= 0 everywhere: products and even powers of sigmoids, exps, squares.
-
-    Enough for the Gram matrices of Hessians: sigmoid(z) (1 - sigmoid(z)) is never negative.
-    """
-    if e.is_Number:
-        return e >= 0
-    if isinstance(e, sp.Mul):
-        return all(_nonnegative(f) for f in e.args)
-    if isinstance(e, sp.Pow):
-        return (e.exp.is_Integer and e.exp % 2 == 0) or _nonnegative(e.base)
-    if isinstance(e, (sigmoid, sp.exp)):
-        return True
-    if isinstance(e, sp.Add) and len(e.args) == 2:  # 1 - sigmoid(x)
-        one, other = sorted(e.args, key=lambda a: not a.is_Number)
-        return one == 1 and isinstance(-other, sigmoid)
-    return False
-
-
-class _Printer:
-    """numpy source for an elementwise sympy expression laid out over `order`."""
-
-    def __init__(self, order: list, size_of, var_of, size1_of=lambda name: frozenset()):
-        self.order, self.size_of, self.var_of, self.size1_of = order, size_of, var_of, size1_of
-
-    def p(self, e: sp.Expr) -> str:
-        if isinstance(e, sp.Indexed):
-            name = e.base.label.name
-            return align(self.var_of(name), e.indices, self.order, self.size1_of(name))
-        if isinstance(e, Extent):
-            return f"{self.var_of(e.name)}.shape[{e.axis}]"
-        if e.is_Symbol:
-            return self.var_of(e.name)
-        if e.is_Integer and abs(e) < 2 ** 53:
-            return str(int(e))
-        if e.is_Number or isinstance(e, sp.NumberSymbol):
-            return _float(e)
-        if e.is_number and not e.has(UserFunction):  # sqrt(2), log(3): one float, as every array library takes it
-            try:
-                return _float(e)
-            except TypeError:  # complex
-                pass
-        if isinstance(e, sp.Add):
-            return self.add(e)
-        if isinstance(e, sp.Mul):
-            return self.mul(e)
-        if isinstance(e, sp.Pow):
-            return self.pow(e.base, e.exp)
-        if isinstance(e, sp.KroneckerDelta):
-            return self.delta(*e.args)
-        if isinstance(e, Held):
-            return self.atom(e.args[0])
-        if isinstance(e, PowerLog):
-            b = self.p(e.args[0])
-            return f"np.log(np.where({b} == 0, 1.0, {b}))"
-        if isinstance(e, UserFunction) and type(e).definition is not None:
-            return self.p(inline_definitions(e))  # written out all the way, as atom() judges it
-        if isinstance(e, UserFunction):
-            return f"_functions[{e.label()!r}]({self.p(e.args[0])})"
-        if isinstance(e, sp.Function) and len(e.args) == 1:
-            return numpy_source(e, self.p(e.args[0]))
-        raise EinmlpError(f"cannot compile {e} to numpy")
-
-    def atom(self, e: sp.Expr) -> str:
-        if isinstance(e, UserFunction) and type(e).definition is not None:
-            e = inline_definitions(e)  # judged written out all the way: d'(A) is c'(A) is a sum
-        code = self.p(e)
-        simple = isinstance(e, (sp.Indexed, sp.Symbol, sp.Function, Extent)) or (e.is_Integer and e >= 0)
-        return code if simple else f"({code})"
-
-    def add(self, e: sp.Add) -> str:
-        terms = list(sp.Add.make_args(e))
-        first = next((t for t in terms if t.as_coeff_Mul()[0] >= 0), None)
-        if first is not None:  # Y - Yhat, one operation, where -Yhat + Y is two
-            terms.remove(first)
-            terms.insert(0, first)
-        out = ""
-        for k, term in enumerate(terms):
-            c, rest = term.as_coeff_Mul()
-            if c < 0:  # a subtracted sum (or a function inlined to one) needs parentheses
-                out += (" - " if k else "-") + (self.p(-term) if (-term).is_Mul or (-term).is_Pow else self.atom(-term))
-            else:
-                out += (" + " if k else "") + self.p(term)
-        return out
-
-    def mul(self, e: sp.Mul) -> str:
-        c, rest = e.as_coeff_Mul()
-        if c < 0:
-            return "-" + self.atom(-e) if not isinstance(-e, sp.Add) else f"-({self.p(-e)})"
-        num, den = [], []
-        for f in sp.Mul.make_args(rest):
-            if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
-                den.append(self.atom(sp.Pow(f.base, -f.exp)))
-            else:
-                num.append(self.atom(f))
-        if c != 1:
-            num.insert(0, self.p(c))
-        code = "*".join(num) if num else "1.0"
-        return code + "".join(f"/{d}" for d in den)
-
-    def pow(self, base: sp.Expr, exp: sp.Expr) -> str:
-        b = self.atom(base)
-        if exp.is_Integer and 1 <= exp <= 4:
-            return "*".join([b] * int(exp)) if isinstance(base, (sp.Indexed, sp.Symbol)) else f"_ipow({b}, {exp})"
-        if exp.is_Integer and exp < 0:
-            return f"1.0/{self.atom(sp.Pow(base, -exp))}"
-        if exp == sp.S.Half:
-            return f"np.sqrt({self.p(base)})"
-        if exp == -sp.S.Half:
-            return f"1.0/np.sqrt({self.p(base)})"
-        return f"np.power({self.p(base)}, {self.p(exp)})"
-
-    def delta(self, a: sp.Expr, b: sp.Expr) -> str:
-        ndim = len(self.order)
-
-        def axis(i):
-            if i.is_Integer:
-                return str(int(i))
-            return f"_arange({self.size_of(i)}, {self.order.index(i)}, {ndim})"
-        return f"_equal({axis(a)}, {axis(b)})"
-
-
-def _gate(f: sp.Expr) -> sp.Expr | None:
-    """step(u) for a factor step(u) or step(u)^n (a second derivative's relu'^2), else None."""
-    if isinstance(f, step):
-        return f
-    if f.is_Pow and isinstance(f.base, step) and f.exp.is_Integer and f.exp > 0:
-        return f.base
-    return None
-
-
-def _matmul(a: tuple, b: tuple, out: tuple) -> str:
-    """Numpy `@` source for a two-operand einsum that is one matrix product, else ""."""
-    (va, ia), (vb, ib) = a, b
-    shared = [i for i in ia if i in ib]
-    rows, cols = [i for i in ia if i not in shared], [i for i in ib if i not in shared]
-    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(shared) != 1 or len(rows) > 1 or len(cols) > 1 \
-            or any(i in out for i in shared) or set(rows + cols) != set(out):
-        return _batched_matmul(a, b, out) or _leading_matmul(a, b, out) or _flattened_matmul(a, b, out)
-    if list(out) != rows + cols:
-        (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
-    left = va if list(ia) == rows + shared else f"{va}.T"
-    right = vb if list(ib) == shared + cols else f"{vb}.T"
-    return f"{left} @ {right}"
-
-
-def _leading_matmul(a: tuple, b: tuple, out: tuple) -> str:
-    """`X @ W` for a matrix applied to one axis of an array with more: X[b,t,e] W[e,d], else "".
-
-    numpy's matmul broadcasts the matrix over the leading axes: one BLAS call, no einsum.
-    """
-    for (vm, im), (vx, ix) in ((a, b), (b, a)):
-        if len(im) != 2 or len(set(im)) < 2 or len(ix) < 3 or len(set(ix)) < len(ix):
-            continue
-        shared = [i for i in im if i in ix]
-        if len(shared) != 1 or shared[0] in out:
-            continue
-        summed, col = shared[0], im[1] if im[0] == shared[0] else im[0]
-        lead = [i for i in ix if i != summed]
-        if col in ix or set(out) != set(lead) | {col} or len(out) != len(lead) + 1:
-            continue
-        code = f"{_arranged(vx, tuple(ix), lead + [summed])} @ {vm if im[0] == summed else vm + '.T'}"
-        result = lead + [col]
-        return code if result == list(out) else f"np.transpose({code}, {tuple(result.index(i) for i in out)})"
-    return ""
-
-
-def _flattened_matmul(a: tuple, b: tuple, out: tuple) -> str:
-    """`X2.T @ G2` for a sum over the same leading axes of both: X[b,t,m] G[b,t,n], else "".
-
-    The leading axes are flattened into one (a reshape), so the weight gradient of a batch of
-    sequences is one matrix product.
-    """
-    (va, ia), (vb, ib) = a, b
-    if len(ia) < 3 or len(ia) != len(ib) or ia[:-1] != ib[:-1] or len(set(ia)) < len(ia) or len(set(ib)) < len(ib):
-        return ""
-    p, q = ia[-1], ib[-1]
-    if p == q or set(out) != {p, q} or len(out) != 2:
-        return ""
-    left, right = (va, vb) if list(out) == [p, q] else (vb, va)
-    return f"np.reshape({left}, (-1, {left}.shape[-1])).T @ np.reshape({right}, (-1, {right}.shape[-1]))"
-
-
-def _arranged(var: str, indices: tuple, order: list) -> str:
-    perm = tuple(indices.index(i) for i in order)
-    return var if perm == tuple(range(len(perm))) else f"np.transpose({var}, {perm})"
-
-
-def _batched_matmul(a: tuple, b: tuple, out: tuple) -> str:
-    """`A @ B` over leading batch axes (attention's Q K^T per sequence), else "".
-
-    numpy's matmul runs BLAS per batch entry; einsum with a batch index does not.
-    """
-    (va, ia), (vb, ib) = a, b
-    if len(set(ia)) < len(ia) or len(set(ib)) < len(ib) or len(set(out)) < len(out):
-        return ""
-    batch = [i for i in out if i in ia and i in ib]
-    summed = [i for i in ia if i in ib and i not in out]
-    rows, cols = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
-    if not batch or len(summed) != 1 or len(rows) != 1 or len(cols) != 1 or set(out) != set(batch + rows + cols):
-        return ""
-    result = batch + rows + cols
-    if result != list(out) and batch + cols + rows == list(out):  # Q @ K^T, not (K @ Q^T)^T
-        (va, ia, rows), (vb, ib, cols) = (vb, ib, cols), (va, ia, rows)
-        result = list(out)
-    code = f"{_arranged(va, tuple(ia), batch + rows + summed)} @ {_arranged(vb, tuple(ib), batch + summed + cols)}"
-    return code if result == list(out) else f"np.transpose({code}, {tuple(result.index(i) for i in out)})"
-
-
 _SLOTS: list[sp.Symbol] = []
 # The one size-1 axis of an output, where the left-hand side writes it as 0: named "0", so that
 # comments still read C[i,0]. A fixed index is always 0 on an axis of length 1 (shapes checks it).
@@ -405,14 +98,6 @@ def _slot(position: int) -> sp.Symbol:
         _SLOTS.append(sp.Symbol(f"_slot{len(_SLOTS)}", integer=True))
     return _SLOTS[position]
 
-
-def _reduction(operand: tuple, out: tuple) -> str:
-    """The `.sum(axis=...)` source for a one-operand einsum that only sums axes, else ""."""
-    var, indices = operand
-    if len(set(indices)) < len(indices) or [i for i in indices if i in out] != list(out):
-        return ""
-    axes = tuple(k for k, i in enumerate(indices) if i not in out)
-    return f"{var}.sum(axis={axes[0] if len(axes) == 1 else axes})" if axes else ""
 
 
 class Lowerer:
@@ -565,7 +250,7 @@ class Lowerer:
 
     def term(self, term: Term, order: list, size_of) -> tuple[str | None, tuple, str]:
         """Lower one term; returns (variable, its axes, scalar coefficient source)."""
-        printer = _Printer(order, size_of, self.var_of)
+        printer = Printer(order, size_of, self.var_of)
         coeff_parts = []
         groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
         plain: list[sp.Indexed] = []
@@ -698,7 +383,7 @@ class Lowerer:
                 keep = tuple(twin)
             elif set(keep) <= set(out):
                 keep = tuple(i for i in out if i in keep)
-            code = _matmul((va, ia), (vb, ib), keep)
+            code = matmul((va, ia), (vb, ib), keep)
             if code:
                 candidates.append((twin is None, k, m, code, keep))
         if not candidates:
@@ -706,7 +391,7 @@ class Lowerer:
         _, k, m, code, keep = min(candidates, key=lambda c: c[0])
         (va, ia), (vb, ib) = operands[k], operands[m]
         letter = {i: get_symbol(n) for n, i in enumerate(dict.fromkeys(ia + ib))}
-        spec = f"np.einsum('{_letters(ia, letter)},{_letters(ib, letter)}->{_letters(keep, letter)}', {va}, {vb})"
+        spec = f"np.einsum('{letters(ia, letter)},{letters(ib, letter)}->{letters(keep, letter)}', {va}, {vb})"
         return {k, m}, (self.emit(code, spec=spec), keep)
 
     def fuse(self, members: list, size_of, layout=None, scale=None) -> tuple[sp.Expr, str, tuple]:
@@ -722,19 +407,19 @@ class Lowerer:
         widest = max(members, key=lambda f: len(free_indices(f)))
         local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
         written = [inline_definitions(m) for m in members]
-        nonnegative = all(_nonnegative(m.as_coeff_Mul()[1]) for m in written)
+        nonnegative = all(never_negative(m.as_coeff_Mul()[1]) for m in written)
         for member in self.once(written, local, size_of):
             c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
                 if f != 1:
                     by_set.setdefault(frozenset(free_indices(f)), []).append(f)
-        printer = _Printer(local, size_of, self.var_of, self.size1_of)
-        gates = [g for fs in by_set.values() for f in fs if (g := _gate(f)) is not None]
-        if gates and any(_gate(f) is None for fs in by_set.values() for f in fs):
+        printer = Printer(local, size_of, self.var_of, self.size1_of)
+        gates = [g for fs in by_set.values() for f in fs if (g := gate(f)) is not None]
+        if gates and any(gate(f) is None for fs in by_set.values() for f in fs):
             # relu'(x) * g is where(x > 0, g, 0): 0 where relu is flat even if g is inf there
             # (sqrt(relu(x))' at x < 0), as torch and jax take relu's derivative; relu'(x)^2 too
-            by_set = {k: rest for k, fs in by_set.items() if (rest := [f for f in fs if _gate(f) is None])}
+            by_set = {k: rest for k, fs in by_set.items() if (rest := [f for f in fs if gate(f) is None])}
         else:
             gates = []
         codes = {key: "*".join(printer.atom(f) for f in fs) for key, fs in by_set.items()}
@@ -769,7 +454,7 @@ class Lowerer:
         swap = {}
         for call in [e for e in repeated if not any(r != e and r.has(e) for r in repeated)]:
             axes = [i for i in local if i in free_indices(call)]
-            var = self.emit(_Printer(axes, size_of, self.var_of, self.size1_of).p(call), index_str(call))
+            var = self.emit(Printer(axes, size_of, self.var_of, self.size1_of).p(call), index_str(call))
             self.computed.add(var)
             swap[call] = sp.IndexedBase(var)[tuple(axes)]
         return [x.xreplace(swap) for x in exprs] if swap else exprs
@@ -782,12 +467,12 @@ class Lowerer:
         if len(letter) > MAX_LETTERS:
             raise IndexNotationError(f"one contraction would run over {len(letter)} indices; numpy's einsum takes "
                                      f"at most {MAX_LETTERS}: split the statement into smaller ones")
-        subscripts = ",".join(_letters(ix, letter) for _, ix in operands) + "->" + _letters(out_indices, letter)
+        subscripts = ",".join(letters(ix, letter) for _, ix in operands) + "->" + letters(out_indices, letter)
         key = f"einsum('{subscripts}', {', '.join(v for v, _ in operands)})"
         if key in self.cache:
             return self.cache[key]
         var = self.temp()
-        direct = _reduction(operands[0], out_indices) if len(operands) == 1 else ""  # products: see contract
+        direct = reduction(operands[0], out_indices) if len(operands) == 1 else ""  # products: see contract
         self.equations.append(Equation(var, "einsum", tuple(v for v, _ in operands), subscripts, code=direct))
         self.cache[key] = var
         return var
@@ -800,73 +485,8 @@ class Lowerer:
 
     def plan(self, outputs: dict[str, str]) -> EinsumPlan:
         inputs = tuple(n for n in self.model.inputs if n in self.inputs)
-        equations = _name_directly(self.equations, outputs)
+        equations = name_directly(self.equations, outputs)
         if len(outputs) > 1:
-            equations = _early(equations, set(outputs.values()))
+            equations = early(equations, set(outputs.values()))
         return EinsumPlan(inputs, equations, outputs, tuple(self.abstract), {n: variable(n) for n in self.defined})
 
-
-NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # a name an equation may read
-
-
-def reads(e: Equation) -> set[str]:
-    """Every name an equation's source mentions (a few more than it reads: never fewer)."""
-    return set(NAME.findall(e.code or e.text)) | set(e.args)
-
-
-def _early(equations: tuple[Equation, ...], outputs: set[str]) -> tuple[Equation, ...]:
-    """Each result (and what only it reads) computed as soon as its operands are.
-
-    dW2 = H1.T @ Bbar comes right after Bbar, not after every other adjoint: Bbar is dead sooner,
-    so all gradients of a deep network keep about one adjoint alive at a time, as backprop does.
-    """
-    position = {e.out: k for k, e in enumerate(equations)}
-    deps = [{position[r] for r in reads(e) if position.get(r, k) < k} for k, e in enumerate(equations)]
-    readers: dict[int, set] = {}
-    for k, ds in enumerate(deps):
-        for d in ds:
-            readers.setdefault(d, set()).add(k)
-    late: set[int] = set()
-    for k in reversed(range(len(equations))):
-        if equations[k].out in outputs or readers.get(k) and readers[k] <= late:
-            late.add(k)
-    order: list[int] = []
-    placed: set[int] = set()
-    waiting = sorted(late)
-
-    def place_ready():
-        while ready := [k for k in waiting if deps[k] <= placed]:
-            order.extend(ready)
-            placed.update(ready)
-            waiting[:] = [k for k in waiting if k not in placed]
-    place_ready()
-    for k in range(len(equations)):
-        if k not in late:
-            order.append(k)
-            placed.add(k)
-            place_ready()
-    return tuple(equations[k] for k in order)
-
-
-def _name_directly(equations: list[Equation], outputs: dict) -> tuple[Equation, ...]:
-    """`H = _t2`: compute H where _t2 was computed, and read H wherever _t2 was read (one pass)."""
-    aliases: dict[str, Equation] = {}
-    for e in equations:
-        if e.op == "eval" and re.fullmatch(r"_t\d+", e.text) and e.text not in outputs.values():
-            aliases.setdefault(e.text, e)
-    dropped = {id(e) for e in aliases.values()}
-
-    def renamed(text: str) -> str:
-        return _TEMP.sub(lambda m: aliases[m.group(1)].out if m.group(1) in aliases else m.group(1), text)
-    out = []
-    for e in equations:
-        if id(e) in dropped:
-            continue
-        if e.out in aliases:
-            e = replace(e, out=aliases[e.out].out, comment=aliases[e.out].comment)
-        out.append(replace(e, args=tuple(aliases[a].out if a in aliases else a for a in e.args),
-                           text=renamed(e.text), code=renamed(e.code), spec=renamed(e.spec)))
-    return tuple(out)
-
-
-_TEMP = re.compile(r"(?<![\w.])(_t\d+)(?!\w)")
