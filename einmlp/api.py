@@ -17,7 +17,6 @@ from .deltas import IndexForm, contract_all
 from .errors import EinmlpError, EinmlpWarning, NumericError, ShapeError, UnknownNameError, guarded
 from .grad import RawDerivative, Step, differentiate, entry
 from .lower import EinsumPlan, Lowerer, output
-from .stable import softmax_shifts
 from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
@@ -101,7 +100,7 @@ class Program:
         default each call computes with the library of the arrays it is given.
         """
         of = self._of(of)
-        lowerer = Lowerer(self.model, softmax_shifts(self.model, values=(of,)))
+        lowerer = Lowerer.returning(self.model, self.model, of)
         lowerer.need(of)
         plan = lowerer.plan({"": lowerer.var_of(of)})
         return Compiled(self.model, plan, f"forward_{of}", functions, backend=backend)
@@ -327,7 +326,7 @@ class Derivation:
     @cached_property
     @guarded
     def plan(self) -> EinsumPlan:
-        lowerer = Lowerer(self.model, softmax_shifts(self.program.model, values=(self.of,)))
+        lowerer = Lowerer.returning(self.model, self.program.model, self.of)
         return lowerer.plan({"": self.lower(lowerer, output(self.wrt))})
 
     @guarded
@@ -387,10 +386,15 @@ class Gradients:
     @guarded
     def plan(self) -> EinsumPlan:
         """Every gradient read from the shared adjoints: each adjoint is computed once."""
-        lowerer = Lowerer(self.backprop.model, softmax_shifts(self.program.model, values=(self.of,)))
-        outputs = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=self.backprop)
-                   .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
-        return lowerer.plan(outputs)
+        return self.plan_with_value(None)
+
+    def plan_with_value(self, key: str | None) -> EinsumPlan:
+        """The gradients' plan, with the value of `of` as one more output under `key` (None: without)."""
+        lowerer = Lowerer.returning(self.backprop.model, self.program.model, self.of)
+        grads = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=self.backprop)
+                 .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
+        value = {} if key is None else {key: lowerer.var_of(self.of)}  # computed on the way to the gradients
+        return lowerer.plan({**value, **grads})
 
     @guarded
     def compile(self, functions: dict | None = None, backend: str | None = None) -> Compiled:

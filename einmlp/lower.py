@@ -36,7 +36,7 @@ from .products import matmul, reduction
 from .render import index_str
 from .schedule import early, name_directly
 from .shapes import fixed_axes
-from .stable import term_power_logs
+from .stable import softmax_shifts, term_power_logs
 from .symbolic import Model, free_indices, index_names
 
 # Generated code uses the globals np and oe, and names of its own that start with `_` (a user
@@ -115,6 +115,15 @@ class Lowerer:
         self.computed: set[str] = set()   # temporaries that expressions read as tensors
         self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
         self.units = set(fixed_axes(model))  # (tensor, axis) of length 1: written somewhere with a fixed 0
+
+    @classmethod
+    def returning(cls, model: Model, program: Model, of: str) -> Lowerer:
+        """A Lowerer for `model` (the program, or its adjoints) whose plan returns or differentiates `of`.
+
+        The program's softmax logits are read less their row maximum where that leaves `of`'s
+        value and derivatives unchanged (stable.py).
+        """
+        return cls(model, softmax_shifts(program, values=(of,)))
 
     def size1_of(self, name: str) -> frozenset:
         """Axes of `name` of length 1 (a fixed 0 on them anywhere in the program)."""

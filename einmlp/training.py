@@ -19,8 +19,6 @@ import numpy as np
 from .errors import EinmlpError, EinmlpWarning, UnknownNameError, guarded
 from . import backends
 from .compiled import Compiled
-from .lower import Lowerer, output
-from .stable import softmax_shifts
 
 METHODS = ("sgd", "momentum", "adam")
 VALUE = ""  # the key of the loss among the plan's outputs: no program name is empty
@@ -45,14 +43,9 @@ class ValueAndGrad:
     @property
     def plan(self):
         """The gradients' plan with the value of `of` as one more output: its forward work is already there."""
-        from .api import Derivation
         cache = self.__dict__
         if "_plan" not in cache:
-            backprop = self.gradients.backprop
-            lowerer = Lowerer(backprop.model, softmax_shifts(self.program.model, values=(self.of,)))
-            grads = {w: Derivation(self.program, self.of, w, mode="adjoint", backprop=backprop)
-                     .lower(lowerer, output(w)) for w in dict.fromkeys(self.wrt)}
-            cache["_plan"] = lowerer.plan({VALUE: lowerer.var_of(self.of), **grads})
+            cache["_plan"] = self.gradients.plan_with_value(VALUE)
         return cache["_plan"]
 
     @guarded
