@@ -135,9 +135,11 @@ class Program:
 
     @guarded
     def shapes(self, **input_shapes) -> shape_stage.ShapeTable:
-        """The dimension algebra of each statement for the given input shapes (default: the declared
-        ones); a str, and a table in notebooks. A statement in matrix notation also shows its own
-        algebra, as seed 000 writes it, and how einmlp read it."""
+        """The dimension algebra of each statement for the given input shapes (default: the declared ones).
+
+        A str, and a table in notebooks. A statement in matrix notation also shows its own
+        algebra, as seed 000 writes it, and how einmlp read it.
+        """
         given = {**self.declared_shapes, **{k: tuple(v) for k, v in input_shapes.items()}}
         shapes = shape_stage.bind(self.model, given)
         rows = []

@@ -1,5 +1,7 @@
-"""Other spellings of a statement, read into index notation: numpy einsum specs and matrix
-notation over declared shapes (`X is B x D`, then `H = f(X W1 + B1)`).
+"""Other spellings of a statement, read into index notation: einsum specs and matrix notation.
+
+Einsum specs are numpy's; matrix notation is read over declared shapes (`X is B x D`, then
+`H = f(X W1 + B1)`).
 
 Matrix notation is translated axis by axis: every axis of every operand is a node that a
 matrix product or an elementwise operation joins to another (union-find); each joined
@@ -31,6 +33,7 @@ class NotationError(Exception):
 # -- walking syntax ------------------------------------------------------------------------
 
 def children(expr: Expr) -> tuple:
+    """The sub-expressions a node holds, in order."""
     if isinstance(expr, BinOp):
         return expr.left, expr.right
     if isinstance(expr, Neg):
@@ -43,6 +46,7 @@ def children(expr: Expr) -> tuple:
 
 
 def walk(expr: Expr):
+    """Every node of `expr`, without recursion (a deeply nested expression cannot overflow the stack)."""
     stack = [expr]
     while stack:
         node = stack.pop()
@@ -62,8 +66,11 @@ def _indices(expr: Expr) -> set:
 
 
 def crowded(expr: Expr, index: str) -> bool:
-    """Does `index` occur in two factors of a product inside `expr`? Then an implicit sum
-    over an enclosing product would be read as a sum inside that inner product instead."""
+    """Does `index` occur in two factors of a product inside `expr`?
+
+    Then an implicit sum over an enclosing product would be read as a sum inside that inner
+    product instead.
+    """
     for node in walk(expr):
         if isinstance(node, BinOp) and node.op in ("*", " "):
             if sum(index in _indices(f) for f in factors(node)) >= 2:
@@ -72,6 +79,7 @@ def crowded(expr: Expr, index: str) -> bool:
 
 
 def product(factors: list[Expr], span: Span) -> Expr:
+    """The factors multiplied left to right, as the parser nests a product."""
     result = factors[0]
     for factor in factors[1:]:
         result = BinOp("*", result, factor, span)
@@ -79,8 +87,10 @@ def product(factors: list[Expr], span: Span) -> Expr:
 
 
 def implicit(factors: list[Expr], summed: list[str], span: Span) -> Expr:
-    """A product summed over `summed`: by the Einstein rule where that reads the same,
-    else with an explicit sum[...] (an index crowded inside a call would be summed there)."""
+    """A product summed over `summed`: by the Einstein rule where that reads the same.
+
+    Else with an explicit sum[...]: an index crowded inside a call would be summed there.
+    """
     explicit = [i for i in summed if any(crowded(f, i) for f in factors)]
     body = product(factors, span)
     return SumOver(tuple(explicit), body, span) if explicit else body
@@ -479,8 +489,10 @@ class Notation:
         self.targets.add(statement.name)
 
     def refuse_lookalikes(self, statement: Statement, near_indexed: bool) -> None:
-        """Capitalised names without indices in a product next to indexed tensors (or next to
-        each other) look like matrices; read as scalars they would silently mean something else."""
+        """Refuse capitalised names without indices next to indexed tensors (or to each other) in a product.
+
+        They look like matrices; read as scalars they would silently mean something else.
+        """
         def looks_like_matrix(node):
             return (isinstance(node, Ref) and not node.indices and node.name[:1].isupper()
                     and node.name not in self.declared and node.name not in self.targets)

@@ -443,8 +443,10 @@ class _Parser:
 
 
 def _einsum_as_statement(expr: Expr, rename: dict) -> Expr:
-    """A whole right-hand side einsum: its letters renamed to the left side's, its sum
-    written by the Einstein rule where that reads the same (`C[i,k] = X[i,j] W[j,k]`)."""
+    """A whole right-hand side einsum, its letters renamed to the left side's.
+
+    Its sum is written by the Einstein rule where that reads the same (`C[i,k] = X[i,j] W[j,k]`).
+    """
     summed = set(expr.indices) if isinstance(expr, SumOver) else set()
     if rename and set(rename.values()) & summed - set(rename):
         raise ParseError(f"the einsum's summed letters {sorted(summed)} clash with the left side's "

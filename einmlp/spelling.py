@@ -57,6 +57,7 @@ def letter(ch: str) -> str | None:
 
 
 def starts_name(text: str, pos: int) -> bool:
+    """Whether a name starts at `pos`: a letter, Greek or Latin, plain or accented."""
     ch = text[pos]
     return letter(ch) is not None or _accented(ch) is not None
 

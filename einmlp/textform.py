@@ -15,6 +15,7 @@ _SUM, _PRODUCT, _UNARY, _POWER, _ATOM = range(5)
 
 
 def number_text(value) -> str:
+    """A number as the program would write it: 3, 1/2, 0.25."""
     if isinstance(value, Fraction):
         if value.denominator == 1:
             return str(value.numerator)
@@ -45,8 +46,11 @@ def _starts_tight(text: str) -> bool:
 
 
 def expr_text(expr: Expr, matrix: bool = False) -> str:
-    """The bracket spelling of one expression; `matrix`: as matrix notation writes it, where
-    juxtaposition is the matrix product and `*` the elementwise one."""
+    """The bracket spelling of one expression.
+
+    With `matrix`, as matrix notation writes it: juxtaposition is the matrix product and `*`
+    the elementwise one.
+    """
     if isinstance(expr, Num):
         return number_text(expr.value)
     if isinstance(expr, Ref):
@@ -75,15 +79,18 @@ def expr_text(expr: Expr, matrix: bool = False) -> str:
 
 
 def statement_text(statement: Statement) -> str:
+    """`C[i,k] = X[i,j] W[j,k]`."""
     lhs = statement.name + (f"[{','.join(map(str, statement.indices))}]" if statement.indices else "")
     return f"{lhs} = {expr_text(statement.expr)}"
 
 
 def declaration_text(declaration: Declaration) -> str:
+    """`X is B x D`, or `s is scalar`."""
     return f"{declaration.name} is {' x '.join(map(str, declaration.dims)) or 'scalar'}"
 
 
 def function_text(function: FunctionDef) -> str:
+    """`f(x) = x^2`."""
     return f"{function.name}({function.param}) = {expr_text(function.body)}"
 
 
