@@ -752,8 +752,11 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None):
     w0 = arrays[wrt]
     if not np.all(np.isfinite(base)) or np.max(np.abs(base), initial=0.0) > 1e8:
         return "nonfinite"
-    try:  # C^1000 overflowing to inf inside makes G C / sqrt(sum C^1000) exactly 0 nearby: nothing to compare
-        with np.errstate(over="raise"):
+    # An infinity inside, from an overflow (C^1000 makes G C / sqrt(sum C^1000) exactly 0 nearby) or
+    # a division by zero (0^-0.7 makes softplus(-exp(0^-0.7 + h)) 0 for every h, and its chain rule
+    # sigmoid(-inf) * -inf = 0 * inf is nan, in jax and torch too): nothing to compare.
+    try:
+        with np.errstate(over="raise", divide="raise"):
             value(**arrays)
     except FloatingPointError:
         return "overflow"

@@ -106,6 +106,7 @@ def test_finite_differences_fooled_by_rounding_in_the_value_are_not_a_wrong_grad
 
 def test_derivatives_of_values_that_overflow_or_are_noise_are_not_compared():
     """Found by fuzzing: G C / sqrt(sum C^1000) is 0 where C^1000 overflows (its true slope is not),
+    softplus(-exp(0^x + h)) is 0 for every h where 0^x is inf (its chain rule is 0 * inf),
     and sin of a polynomial near 1e47 is float noise (einmlp, autograd and finite differences
     all disagree); neither is a wrong gradient, and neither is compared."""
     import random
@@ -116,6 +117,12 @@ def test_derivatives_of_values_that_overflow_or_are_noise_are_not_compared():
     with np.errstate(all="ignore"):
         grad = prog.grad("C").compile()(**arrays)
         assert fuzz._fd_compare(prog.compile(), grad, arrays, "C", random.Random(0), "dZ/dC") == "overflow"
+    prog = einmlp.parse("O = 0^x + h\nL = softplus(-exp(O))")  # fuzz input 19,287 of seed 200: 0^-0.7 is inf
+    arrays = {"x": np.array(-0.7), "h": np.array(0.3)}
+    with np.errstate(all="ignore"):
+        grad = prog.grad("h").compile()(**arrays)  # nan, as jax.grad and torch give: sigmoid(-inf) * -inf
+        assert np.isnan(grad) and prog.compile()(**arrays) == 0.0
+        assert fuzz._fd_compare(prog.compile(), grad, arrays, "h", random.Random(0), "dL/dh") == "overflow"
     prog = einmlp.parse("f(x) = x^2 + 1\ng(x) = f(f(f(f(f(f(f(x)))))))\nL = sin(g(x))")  # sin of about 4.5e38
     arrays = {"x": np.array(1.7)}
     grad = prog.grad("x").compile()(**arrays)
