@@ -218,12 +218,36 @@ def expand(e: sp.Expr) -> sp.Expr:
     return sp.expand(e.xreplace(kept)).xreplace({d: a for a, d in kept.items()})
 
 
+RESCALE = 10**6  # how far past the written numbers' range a rewrite may take its numbers
+
+
+def _magnitudes(e: sp.Expr) -> tuple[sp.Number, sp.Number]:
+    """The smallest and largest magnitude of the nonzero numbers written in `e` (1 among them)."""
+    sizes = [abs(n) for n in e.atoms(sp.Number) if n != 0 and n.is_finite] + [sp.S.One]
+    return min(sizes), max(sizes)
+
+
+def _same_scale(candidate: sp.Expr, written: sp.Expr) -> bool:
+    """Whether `candidate` writes only numbers within RESCALE of the range that `written` writes.
+
+    factor_terms takes 1e-300 out of 1e-300 - s as 10^300 (1 - 10^300 s)/10^300: exact, but its
+    square is 10^600, beyond any float, and a Hessian of log(1e-300 - sigmoid(z)) came out nan.
+    """
+    lo, hi = _magnitudes(written)
+    new_lo, new_hi = _magnitudes(candidate)
+    return new_lo * RESCALE >= lo and new_hi <= hi * RESCALE
+
+
 @functools.lru_cache(maxsize=1 << 14)  # the same factor (1 - tanh(A)^2) recurs in many terms
 def _simplest(f: sp.Expr) -> sp.Expr:
-    """f, expanded or with common factors pulled out, whichever has the fewest operations."""
+    """f, expanded or with common factors pulled out, whichever has the fewest operations.
+
+    A rewrite that would write numbers far outside the range of f's own is not taken.
+    """
     if not isinstance(f, sp.Add):
         return f
-    return min([f, expand(f), sp.factor_terms(f)], key=sp.count_ops)
+    candidates = [f] + [g for g in (expand(f), sp.factor_terms(f)) if _same_scale(g, f)]
+    return min(candidates, key=sp.count_ops)
 
 
 def _split(term: Term, coeff: sp.Expr, product: sp.Expr) -> Term:

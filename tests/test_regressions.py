@@ -513,3 +513,22 @@ def test_a_relu_gated_second_derivative_is_0_where_relu_is_flat():
         h = prog.hessian("x").compile()(x=x, y=y)
     np.testing.assert_allclose(h, np.diag([0.0, y * (y - 1) * 2.0 ** (y - 2), 0.0]), rtol=1e-12)
     assert einmlp.check(prog.hessian("x"), {"x": x, "y": np.array(y)}).ok
+
+
+def test_a_simplification_never_writes_numbers_beyond_a_float():
+    """log(1e-300 - sigmoid(z)): factor_terms would write 1/(1e-300 - s) as 10^300/(1 - 10^300 s),
+    whose square, 10^600, is inf as a float, and the Hessian came out nan (found by fuzzing).
+    The rewrite is not taken; the Hessian is the one written out by hand, and finite differences'."""
+    prog = einmlp.parse("z[b] = X[b,d] w[d]\nL = -(y[b] log(sigmoid(z[b])) + (1 - y[b]) log(1e-300 - sigmoid(z[b])))")
+    rng = np.random.default_rng(0)
+    arrays = {"X": rng.standard_normal((20, 3)), "w": rng.standard_normal(3), "y": rng.random(20)}
+    s = 1 / (1 + np.exp(-(arrays["X"] @ arrays["w"])))
+    q, yv = 1e-300 - s, arrays["y"]
+    # dL/dz = -(y (1 - s) - (1 - y) s (1 - s) / q); its derivative in z, s' = s (1 - s):
+    d1 = s * (1 - s)
+    d2 = -(-yv * d1 - (1 - yv) * ((1 - 2 * s) * d1 / q + d1 * d1 / q ** 2))
+    expected = arrays["X"].T @ (d2[:, None] * arrays["X"])
+    with np.errstate(all="ignore"):
+        h = prog.hessian("w").compile()(**arrays)
+    np.testing.assert_allclose(h, expected, rtol=1e-9)
+    assert einmlp.check(prog.hessian("w"), arrays).ok
