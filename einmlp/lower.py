@@ -263,13 +263,16 @@ class Lowerer:
         coeff_parts = []
         groups: list[tuple[set, list]] = []   # (indices, factors) to fuse elementwise
         plain: list[sp.Indexed] = []
-        for k, f in enumerate(term.factors):
+        # f(t) = 2 t makes f' constant, q(x) = 0.5 makes exp(q(E[d,n])) - Y[0] read no E: a summed
+        # index that no factor reads once written out is still summed, and counts its length
+        written = [inline_definitions(f) for f in term.factors]
+        read = {i for w in written for i in free_indices(w)}
+        lost = {i for f in term.factors for i in free_indices(f)} - read - set(order)
+        coeff_parts.extend(size_of(i) for i in sorted(lost, key=str))
+        for f, w in zip(term.factors, written):
             indices = free_indices(f)
-            if indices and not free_indices(written := inline_definitions(f)):
-                # f(t) = 2 t: f' is constant; an index only f used is still summed, and counts its length
-                others = {i for g in term.factors[:k] + term.factors[k + 1:] for i in free_indices(g)}
-                coeff_parts.extend(size_of(i) for i in indices if i not in order and i not in others)
-                f, indices = written, ()
+            if set(indices) != set(now := free_indices(w)):  # laid out over the axes it reads written out
+                f, indices = w, now
             if not indices:
                 coeff_parts.append(printer.atom(f))
             elif isinstance(f, sp.Indexed) and all(i.is_Symbol for i in f.indices) \

@@ -18,9 +18,11 @@ import random
 from dataclasses import dataclass, field
 
 EXTENTS = {"i": 3, "j": 2, "k": 4, "l": 3, "m": 2, "n": 5, "mu": 2, "b": 3}
-SMOOTH = ["tanh", "sigmoid", "sin", "cos", "softplus", "g", "h", "sq", "q"]
-# q calls p calls h: derivatives of user functions inside user functions (p' is a sum)
-DEFINITIONS = "g(x) = x^3 - x\nh(x) = x / (1 + x^2)\nsq(x) = sqrt(1 + x^2)\np(x) = x h(x)\nq(x) = p(x)\n"
+SMOOTH = ["tanh", "sigmoid", "sin", "cos", "softplus", "g", "h", "sq", "q", "half", "lin"]
+# q calls p calls h: derivatives of user functions inside user functions (p' is a sum); half reads
+# nothing of its argument and lin' is constant: an index only their calls read is still summed
+DEFINITIONS = ("g(x) = x^3 - x\nh(x) = x / (1 + x^2)\nsq(x) = sqrt(1 + x^2)\np(x) = x h(x)\nq(x) = p(x)\n"
+               "half(x) = 0.5\nlin(x) = 2 x - 1\n")
 
 
 @dataclass

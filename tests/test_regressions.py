@@ -63,6 +63,13 @@ CASES = [
     # constants sympy evaluates to exact or very large numbers
     ("L = x[i] * exp(1)", "x", {"x": y}, 3 * np.e, np.full(2, np.e)),
     ("L = x[i] * tanh(100000000000000000000)", "x", {"x": y}, 3.0, np.ones(2)),
+    # a constant user function: an index only its calls read is still summed, whatever else the
+    # factor reads (the second was 1/3 of the value; the third's gradient 1/6: found by fuzzing)
+    ("q(x) = 0.5\nL = (q(z[k]) - s)^-2", "s", {"z": u, "s": np.array(0.2)}, 3 / 0.09, np.array(3 * 2 / 0.3 ** 3)),
+    ("q(x) = 0.5\nL = (q(z[k]) - s)^-1 * (q(z[k]) + s)", "s", {"z": u, "s": np.array(0.2)},
+     3 * 0.7 / 0.3, np.array(3 * (1 / 0.3 + 0.7 / 0.09))),
+    ("q(x) = 0.5\nY[0] = Z[b,i]\nE[d,n] = Z[d,n] Y[0]\nG = (exp(q(E[d,n])) - Y[0])^-1", "Z", {"Z": Z},
+     6 / (np.exp(0.5) - Z.sum()), np.full((2, 3), 6 / (np.exp(0.5) - Z.sum()) ** 2)),
 ]
 
 
