@@ -130,3 +130,27 @@ def test_derivatives_of_values_that_overflow_or_are_noise_are_not_compared():
     prog = einmlp.parse("L = sin(x) * 1e6")  # steep but smooth: compared
     grad = prog.grad("x").compile()(x=np.array(0.3))
     assert fuzz._fd_compare(prog.compile(), grad, {"x": np.array(0.3)}, "x", random.Random(0), "dL/dx") == "checked"
+
+
+def test_a_nan_derivative_is_wrong_unless_independent_autodiff_gives_nan_too():
+    """Found by fuzzing: sqrt(Y + S) with S = -Y is 0 for every Q, yet its chain rule is
+    inf - inf = nan in autograd (over the oracle) and jax as in einmlp: `singular`, not compared.
+    A nan where autograd is finite is still wrong."""
+    import random
+
+    import numpy as np
+    import oracle
+    source = "Y = c * Q[b]\nS = -Y\nV[n] = Q[n] Y - sum[u](((Y + S)^0.5) E[u])"
+    prog = einmlp.parse(source)
+    arrays = {"c": np.array(0.7), "Q": np.array([0.3, -1.2, 0.8]), "E": np.array([0.5, 2.0])}
+    with np.errstate(all="ignore"):
+        grad = prog.grad("Q").compile()(**arrays)
+        assert np.all(np.isnan(grad))
+        autodiff = lambda: oracle.derivative(source, arrays, "V", "Q")  # noqa: E731
+        assert fuzz._fd_compare(prog.compile(), grad, arrays, "Q", random.Random(0), "dV/dQ", (3,), autodiff) \
+            == "singular"
+        prog, arrays = einmlp.parse("V[n] = Q[n] c"), {"c": arrays["c"], "Q": arrays["Q"]}
+        nan = np.full((3, 3), np.nan)
+        with pytest.raises(fuzz._Wrong):  # autograd is finite here
+            fuzz._fd_compare(prog.compile(), nan, arrays, "Q", random.Random(0), "dV/dQ", (3,),
+                             lambda: oracle.derivative("V[n] = Q[n] c", arrays, "V", "Q"))
