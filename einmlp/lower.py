@@ -266,6 +266,8 @@ class Lowerer:
         # f(t) = 2 t makes f' constant, q(x) = 0.5 makes exp(q(E[d,n])) - Y[0] read no E: a summed
         # index that no factor reads once written out is still summed, and counts its length
         written = [inline_definitions(f) for f in term.factors]
+        if any(w == 0 for w in written):  # q(x) = 1.49 makes q' 0: the term is 0, even where the rest is nan
+            return None, (), "0.0"
         read = {i for w in written for i in free_indices(w)}
         lost = {i for f in term.factors for i in free_indices(f)} - read - set(order)
         coeff_parts.extend(size_of(i) for i in sorted(lost, key=str))

@@ -70,6 +70,10 @@ CASES = [
      3 * 0.7 / 0.3, np.array(3 * (1 / 0.3 + 0.7 / 0.09))),
     ("q(x) = 0.5\nY[0] = Z[b,i]\nE[d,n] = Z[d,n] Y[0]\nG = (exp(q(E[d,n])) - Y[0])^-1", "Z", {"Z": Z},
      6 / (np.exp(0.5) - Z.sum()), np.full((2, 3), 6 / (np.exp(0.5) - Z.sum()) ** 2)),
+    # ... and its derivative 0 is 0 where its argument is nan (sqrt(log Y) at Y < 1), not 0 * nan
+    ("q(x) = relu(1.49)\nD = q(log(Y[a])^(1/2))^(1/2)\nL = -Y[a] * D + Y[a]^0.5", "Y", {"Y": np.array([0.6, 1.3, 0.9])},
+     -2.8 * 3 * np.sqrt(1.49) + np.sum(np.sqrt([0.6, 1.3, 0.9])),
+     -3 * np.sqrt(1.49) + 0.5 / np.sqrt([0.6, 1.3, 0.9])),
 ]
 
 
