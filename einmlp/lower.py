@@ -422,6 +422,9 @@ class Lowerer:
         local = layout or list(dict.fromkeys([*free_indices(widest), *(i for f in members for i in free_indices(f))]))
         written = [inline_definitions(m) for m in members]
         nonnegative = all(never_negative(m.as_coeff_Mul()[1]) for m in written)
+        if len(written) > 1 and (product := sp.Mul(*written)).count(sp.exp) < sum(w.count(sp.exp) for w in written):
+            # q'(u) / q(u) with q(x) = exp(-x^2) is -2 u: not 0 / 0 where exp(-u^2) underflows
+            written = [product]
         for member in self.once(written, local, size_of):
             c, rest = member.as_coeff_Mul()
             number *= c

@@ -154,3 +154,11 @@ def test_a_nan_derivative_is_wrong_unless_independent_autodiff_gives_nan_too():
         with pytest.raises(fuzz._Wrong):  # autograd is finite here
             fuzz._fd_compare(prog.compile(), nan, arrays, "Q", random.Random(0), "dV/dQ", (3,),
                              lambda: oracle.derivative("V[n] = Q[n] c", arrays, "V", "Q"))
+
+
+def test_a_hessian_is_not_compared_where_the_value_is_nan():
+    """Found by fuzzing: abs(relu(-sqrt(K/P))) is nan where K/P < 0; its gradient is 0 there
+    (relu' gates it), so the Hessian was compared with finite differences of that 0."""
+    text = "oo[j] = relu(-(K10[j] / P11[j,j])**0.5)\nD7[mu] = (V[mu,mu,mu]-oo[mu])^0\ninf = abs(oo[j])\n"
+    result = fuzz.evaluate(text, 203035131)  # input 34,522 of seed 203
+    assert result["category"] != "WRONG" and result["verified"].get("fd-hessian:nonfinite")

@@ -74,6 +74,10 @@ CASES = [
     ("q(x) = relu(1.49)\nD = q(log(Y[a])^(1/2))^(1/2)\nL = -Y[a] * D + Y[a]^0.5", "Y", {"Y": np.array([0.6, 1.3, 0.9])},
      -2.8 * 3 * np.sqrt(1.49) + np.sum(np.sqrt([0.6, 1.3, 0.9])),
      -3 * np.sqrt(1.49) + 0.5 / np.sqrt([0.6, 1.3, 0.9])),
+    # log(q(u)) with q(x) = exp(-x^2) is -u^2, and its gradient q'(u)/q(u) is -2 u, not 0/0 where
+    # exp(-u^2) underflows (found by fuzzing: the value was finite, the gradient nan)
+    ("q(x) = exp(-x^2)\nG = A[j]\nL = log(q(D[t] + G))", "A", {"A": np.full(5, 30.0), "D": np.array([1.0, -2.0])},
+     -(151.0 ** 2 + 148.0 ** 2), np.full(5, -2 * (151.0 + 148.0))),
 ]
 
 
