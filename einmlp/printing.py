@@ -222,8 +222,10 @@ class Printer:
         return code + "".join(f"/{d}" for d in den)
 
     def pow(self, base: sp.Expr, exp: sp.Expr) -> str:
-        b = self.atom(base)
+        # the base is printed once, by the branch that uses it: printed and dropped, a tower of
+        # (...)^-2 powers doubled the work at each level (20 nested functions took a minute)
         if exp.is_Integer and 1 <= exp <= 4:
+            b = self.atom(base)
             return "*".join([b] * int(exp)) if isinstance(base, (sp.Indexed, sp.Symbol)) else f"_ipow({b}, {exp})"
         if exp.is_Integer and exp < 0:
             return f"1.0/{self.atom(sp.Pow(base, -exp))}"
