@@ -364,7 +364,10 @@ def _fold(product: sp.Expr, definitions: dict) -> sp.Expr:
                     mapping = {own: at for own, at in zip(leaf.indices, entry.indices) if own.is_Symbol}
                     if not all(i in mapping for i in d.indices if i.is_Symbol):
                         continue
-                    candidate = product.subs(d.expr.xreplace(mapping), d.lhs.xreplace(mapping))
+                    pattern = d.expr.xreplace(mapping)  # L1[n,b,j] = Z[b,n,j]/Z[n,n,j] at n = b is the number 1:
+                    if not pattern.has(sp.Indexed):  # subs would write L1 for every 1, an axis number too
+                        continue
+                    candidate = product.subs(pattern, d.lhs.xreplace(mapping))
                     if candidate != product and sp.count_ops(candidate) < sp.count_ops(product):
                         product, changed = candidate, True
     return product

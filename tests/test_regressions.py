@@ -562,3 +562,18 @@ def test_printing_a_tower_of_negative_powers_visits_each_level_once(monkeypatch)
     monkeypatch.setattr(Printer, "p", lambda self, expr: calls.append(1) or original(self, expr))
     source = Printer([], lambda i: "1", lambda name: name).p(e)
     assert source.count("x") == 1 and len(calls) < 200
+
+
+def test_a_definition_that_is_a_number_at_some_indices_is_never_folded_back():
+    """L1[n,b,j] = Z[b,n,j] / Z[n,n,j] is the number 1 at b = n: writing L1 back for it replaced
+    every 1 in the term, an axis number too, and sympy raised TypeError (found by fuzzing)."""
+    prog = einmlp.parse("L1[n,b,j] = Z[b,n,j] / Z[n,n,j]\nP[0,j] = c Z[j,n,n] + L1[j,j,j] - L1[j,j,j]^0.5")
+    rng = np.random.default_rng(0)
+    arrays = {"Z": rng.uniform(0.5, 1.5, (3, 3, 3)), "c": np.array(2.0)}
+    d = prog.grad("Z")
+    expected = np.zeros((1, 3, 3, 3, 3))  # dP[0,j]/dZ[p,q,r] = c N_n-sum of delta(p,j) delta(q,n) delta(r,n)
+    for j in range(3):
+        for n in range(3):
+            expected[0, j, j, n, n] += 2.0  # L1[j,j,j] = 1 whatever Z is: no gradient through it
+    np.testing.assert_allclose(d.compile()(**arrays), expected, rtol=1e-12)
+    assert einmlp.check(d, arrays).ok
