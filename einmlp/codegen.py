@@ -16,7 +16,7 @@ import numpy as np
 import opt_einsum as oe
 
 from . import fusion
-from .backends import _ipow, _sigmoid, _softplus
+from .backends import _dsigmoid, _ipow, _sigmoid, _softplus
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
 from .lower import EinsumPlan
@@ -54,7 +54,8 @@ def _equal(a, b):
 
 # the standalone source carries its numpy helpers, read from this module (compiled functions
 # get theirs, for their float type and device, from backends.py)
-_HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow, _sigmoid, _softplus))
+_HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow, _sigmoid, _dsigmoid,
+                                                           _softplus))
 
 
 _PRINTABLE = re.compile(r"[ -~]*")  # one line of printable ASCII

@@ -74,6 +74,16 @@ class sigmoid(_Real):
         return self * (1 - self)
 
 
+class sigmoid_slope(_Real):
+    """sigmoid(x) (1 - sigmoid(x)), as compiled code computes it: e / (1 + e)^2 with e = exp(-|x|).
+
+    Lowering writes it for the product (never a name of the language): one stable call where
+    sigmoid, 1 - s and the product took seven passes, and no 1 - s that rounds to 0 near s = 1.
+    """
+
+    nargs = 1
+
+
 class step(_Real):
     """Heaviside step with step(0) = 0: the derivative of relu."""
 
@@ -130,7 +140,8 @@ def near_builtin(name: str) -> str | None:
 
 # Functions that only derivatives produce: sympy name -> numpy source. sign' is 2 DiracDelta,
 # taken as 0 as relu'' is (the kink itself has measure zero).
-DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})", "DiracDelta": "0.0*({x})"}
+DERIVED_NUMPY = {"step": "np.heaviside({x}, 0.0)", "sign": "np.sign({x})", "DiracDelta": "0.0*({x})",
+                 "sigmoid_slope": "_dsigmoid({x})"}
 
 
 # sympy class name -> numpy source (sqrt is a power in sympy, printed as np.sqrt elsewhere)

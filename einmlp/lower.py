@@ -31,7 +31,7 @@ from .deltas import IndexForm, Term, normalize
 from .errors import IndexNotationError
 from .functions import UserFunction
 from .grad import Names
-from .printing import Printer, align, gate, inline_definitions, letters, never_negative
+from .printing import Printer, align, gate, inline_definitions, letters, never_negative, sigmoid_slopes
 from .products import matmul, reduction
 from .render import index_str
 from .schedule import early, name_directly
@@ -425,7 +425,7 @@ class Lowerer:
         if len(written) > 1 and (product := sp.Mul(*written)).count(sp.exp) < sum(w.count(sp.exp) for w in written):
             # q'(u) / q(u) with q(x) = exp(-x^2) is -2 u: not 0 / 0 where exp(-u^2) underflows
             written = [product]
-        for member in self.once(written, local, size_of):
+        for member in self.once(sigmoid_slopes(written), local, size_of):
             c, rest = member.as_coeff_Mul()
             number *= c
             for f in sp.Mul.make_args(rest):
@@ -455,7 +455,8 @@ class Lowerer:
         if gates:
             condition = " & ".join(f"({printer.p(g.args[0])} > 0)" for g in dict.fromkeys(gates))
             code = f"np.where({condition}, {code}, 0.0)"
-        var = self.emit(code, " * ".join(map(index_str, members)))
+        var = self.emit(code, " * ".join(f"({index_str(m)})" if m.is_Add and len(members) > 1 else index_str(m)
+                                         for m in members))
         if nonnegative and scale is None:
             self.nonnegative.add(var)
         return number, var, tuple(local)

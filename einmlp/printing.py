@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 
 import sympy as sp
 from opt_einsum import get_symbol
 
 from .errors import EinmlpError
-from .functions import PARAM, UserFunction, numpy_source, sigmoid, step
+from .functions import PARAM, UserFunction, numpy_source, sigmoid, sigmoid_slope, step
 from .stable import Held, PowerLog
 from .symbolic import Extent
 
@@ -132,12 +133,42 @@ def never_negative(e: sp.Expr) -> bool:
         return all(never_negative(f) for f in e.args)
     if isinstance(e, sp.Pow):
         return (e.exp.is_Integer and e.exp % 2 == 0) or never_negative(e.base)
-    if isinstance(e, (sigmoid, sp.exp)):
+    if isinstance(e, (sigmoid, sigmoid_slope, sp.exp)):
         return True
-    if isinstance(e, sp.Add) and len(e.args) == 2:  # 1 - sigmoid(x)
+    return _one_minus_sigmoid(e) is not None
+
+
+def _one_minus_sigmoid(e: sp.Expr) -> sp.Expr | None:
+    """u for 1 - sigmoid(u), else None."""
+    if isinstance(e, sp.Add) and len(e.args) == 2:
         one, other = sorted(e.args, key=lambda a: not a.is_Number)
-        return one == 1 and isinstance(-other, sigmoid)
-    return False
+        if one == 1 and isinstance(-other, sigmoid):
+            return (-other).args[0]
+    return None
+
+
+def sigmoid_slopes(members: list[sp.Expr]) -> list[sp.Expr]:
+    """The factors of a product, with sigmoid(u)^a (1 - sigmoid(u))^b as sigmoid_slope(u)^min(a, b).
+
+    The rest of a power stays as it was: sigmoid(u)^2 (1 - sigmoid(u)) is sigmoid_slope(u) sigmoid(u).
+    """
+    factors = [f for m in members for f in sp.Mul.make_args(m)]
+    ones, others, rest = Counter(), Counter(), []
+    for f in factors:
+        base, exp = f.as_base_exp()
+        u = _one_minus_sigmoid(base)
+        if exp.is_Integer and exp > 0 and isinstance(base, sigmoid):
+            ones[base.args[0]] += int(exp)
+        elif exp.is_Integer and exp > 0 and u is not None:
+            others[u] += int(exp)
+        else:
+            rest.append(f)
+    if not ones.keys() & others.keys():
+        return members
+    for u in dict.fromkeys([*ones, *others]):
+        both = min(ones[u], others[u])
+        rest += [sigmoid_slope(u) ** both, sigmoid(u) ** (ones[u] - both), (1 - sigmoid(u)) ** (others[u] - both)]
+    return [f for f in rest if f != 1]
 
 
 class Printer:

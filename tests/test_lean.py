@@ -61,14 +61,14 @@ def test_a_row_of_length_1_gets_its_gradient_without_a_delta():
 def test_the_logistic_hessian_is_a_scaled_matrix_product():
     """X.T @ diag(s) @ X runs as a product with X scaled by s, never a three-operand einsum.
 
-    And sigmoid(z) is evaluated once.
+    And sigmoid(z) (1 - sigmoid(z)) is one stable call, not sigmoid, 1 - s and a product.
     """
     prog = einmlp.load(DERIVATIONS / "logistic_regression.ein")
     h = prog.hessian("w")
     text = str(h.plan)
     assert "einsum" not in text and "@" in text, text
     assert re.search(r"(_t\d+)\.T @ \1\b", text), text  # Xs.T @ Xs: BLAS syrk, s(1-s) being >= 0
-    assert text.count("_sigmoid(") == 1, text
+    assert text.count("_dsigmoid(") == 1 and "_sigmoid(" not in text, text
     rng = np.random.default_rng(0)
     arrays = {"X": rng.standard_normal((30, 4)), "w": rng.standard_normal(4), "y": (rng.random(30) > 0.5) * 1.0}
     s = 1 / (1 + np.exp(-arrays["X"] @ arrays["w"]))
@@ -147,3 +147,32 @@ def test_a_hessian_with_a_scale_of_either_sign_is_no_gram_matrix():
     assert "np.sqrt" not in str(h.plan), str(h.plan)
     rng = np.random.default_rng(1)
     assert_gradient(h, {"X": rng.standard_normal((9, 3)), "w": rng.standard_normal(3), "y": rng.standard_normal(9)})
+
+
+def test_sigmoid_times_one_minus_sigmoid_keeps_its_digits_at_large_margins():
+    """At z = 40, s (1 - s) is 4.2e-18; 1 - s computed from s = 1.0 would make the curvature 0.
+
+    The reference is mpmath at 50 digits; the rest of the plan is checked by finite differences.
+    """
+    import mpmath
+
+    mpmath.mp.dps = 50
+    h = einmlp.load(DERIVATIONS / "logistic_regression.ein").hessian("w").compile()
+    X = np.array([[40.0, 1.0], [-38.0, 2.0], [0.5, -1.0]])
+    w = np.array([1.0, 0.0])
+    got = h(X=X, w=w, y=np.array([1.0, 0.0, 1.0]))
+    slope = [mpmath.exp(-abs(mpmath.mpf(z))) / (1 + mpmath.exp(-abs(mpmath.mpf(z)))) ** 2 for z in X @ w]
+    want = np.array([[float(sum(slope[b] * X[b, m] * X[b, n] for b in range(3))) for n in range(2)]
+                     for m in range(2)])
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
+def test_powers_of_sigmoid_and_one_minus_sigmoid_share_the_slope():
+    """sigmoid(u)^2 (1 - sigmoid(u)) is sigmoid'(u) sigmoid(u): the rest of a power stays."""
+    prog = einmlp.parse("x is 5\nL = sigmoid(x[i])^2")
+    d = prog.grad("x")
+    assert "_dsigmoid(" in str(d.plan), d.plan
+    x = np.array([-3.0, -0.5, 0.0, 0.7, 30.0])
+    s = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(d.compile()(x=x), 2 * s * s * (np.exp(-x) * s), rtol=1e-12)  # 1 - s = e^-x s
+    assert_gradient(d, {"x": x})
