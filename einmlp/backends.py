@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import operator
 import types
 
 import numpy as np
@@ -55,6 +56,13 @@ def _softplus(x, np=np):
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
 
 
+def refuse_masked(name: str, value) -> None:
+    """A masked array's hidden entries would count as numbers: every sum would read them."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ShapeError(f"input {name} is a masked array, and einmlp sums every entry, masked or not: "
+                         f"give {name}.filled(value) with the value masked entries should have")
+
+
 class Backend:
     """numpy, and the base of the others: what `np` is, and how arrays are made and typed."""
 
@@ -76,11 +84,18 @@ class Backend:
         return self.lib
 
     def owns(self, value) -> bool:
-        """Whether `value` is one of this library's arrays (without importing the library)."""
+        """Whether `value` is one of this library's arrays (without importing the library).
+
+        numpy's own are exactly ndarray and numpy's scalars: a subclass computes by its own
+        rules (np.matrix multiplies `*` as matrices), so it is converted to a plain array.
+        """
+        if self.module == "numpy":
+            return type(value) is np.ndarray or isinstance(value, np.generic)
         return type(value).__module__.split(".")[0] == self.module
 
     def asarray(self, name: str, value, like=None):
         """`value` as this library's floating-point array (integers become floats)."""
+        refuse_masked(name, value)
         xp = self.namespace
         try:
             array = value if self.owns(value) else xp.asarray(value)
@@ -111,9 +126,9 @@ class Backend:
     def device(self, arrays):
         return None
 
-    def signature(self, a) -> tuple:
-        """What a call's compiled function and shape check depend on, for one array."""
-        return a.shape, a.dtype
+    # What a call's compiled function and shape check depend on, for one array: a C-level
+    # getter, as `Compiled` maps it over every argument of every call.
+    signature = staticmethod(operator.attrgetter("shape", "dtype"))
 
     def helpers(self, dtype, device) -> dict:
         """`_full`, `_arange`, `_equal` making arrays of `dtype` on `device`."""
@@ -187,13 +202,13 @@ class Torch(Backend):
             raise ShapeError(f"the arrays are on different devices: {', '.join(sorted(map(str, devices)))}")
         return devices.pop() if devices else None
 
-    def signature(self, a) -> tuple:
-        return a.shape, a.dtype, a.device
+    signature = staticmethod(operator.attrgetter("shape", "dtype", "device"))
 
     def kind(self, dtype) -> str:
         return "f" if dtype.is_floating_point else "c" if dtype.is_complex else "b" if dtype == self.lib.bool else "i"
 
     def asarray(self, name: str, value, like=None):
+        refuse_masked(name, value)
         if not self.owns(value) and like is not None:  # numpy arrays join the tensors' device
             value = self.lib.as_tensor(np.asarray(value), device=like)
         return super().asarray(name, value)

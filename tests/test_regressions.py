@@ -519,6 +519,46 @@ def test_calls_by_keyword_from_the_cache_still_see_each_new_shape_and_type():
     np.testing.assert_allclose(fn(X=X.tolist(), W=W, T=T)["W"], expected, rtol=1e-12)  # a list: converted
 
 
+def test_the_last_call_signature_runs_first_and_anything_else_is_checked_again():
+    """A repeat of the last call's names, array types, shapes and dtypes goes straight to the
+    arithmetic; by position, by keyword, reordered, misshaped or a numpy subclass takes the full path."""
+    fn = einmlp.parse("H[b,z] = tanh(X[b,d] W[d,z])\nL = (H[b,z] - T[b,z])^2").grad("W").compile()
+    rng = np.random.default_rng(1)
+    X, W, T = rng.standard_normal((5, 3)), rng.standard_normal((3, 2)), rng.standard_normal((5, 2))
+    H = np.tanh(X @ W)
+    expected = X.T @ (2 * (H - T) * (1 - H * H))
+    order = fn.plan.inputs
+    given = {"X": X, "W": W, "T": T}
+    for call in ["keyword", "keyword", "position", "position", "reordered", "keyword", "position"]:
+        if call == "position":
+            got = fn(*[given[n] for n in order])
+        else:
+            got = fn(**(given if call == "keyword" else dict(reversed(given.items()))))
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    with pytest.raises(einmlp.ShapeError):
+        fn(*[given[n][:4] if n == "T" else given[n] for n in order])
+    with pytest.raises(einmlp.ShapeError):
+        fn(X=X, W=W)
+    with pytest.raises(einmlp.UnknownNameError):
+        fn(X=X, W=W, T=T, TT=T)
+    fn(X=X, W=W, T=T)
+    np.testing.assert_allclose(fn(X=np.asmatrix(X), W=np.asmatrix(W), T=np.asmatrix(T)), expected, rtol=1e-12)
+    assert type(fn(X=np.asmatrix(X), W=W, T=T)) is np.ndarray
+    fn(X=X, W=W, T=T)
+    single = fn(X=X.astype(np.float32), W=W.astype(np.float32), T=T.astype(np.float32))
+    assert single.dtype == np.float32
+
+
+def test_a_numpy_subclass_computes_as_a_plain_array():
+    """np.matrix multiplies `*` as matrices: given as they were, A[i,j] B[i,j] of two 2x2 matrices
+    summed the matrix product (24, not 12), and H[i,j] = A[i,j] B[i,j] was A @ B."""
+    A, B = np.arange(4.0).reshape(2, 2), np.full((2, 2), 2.0)
+    assert einmlp.parse("L = A[i,j] B[i,j]").compile()(A=np.asmatrix(A), B=np.asmatrix(B)) == 12.0
+    H = einmlp.parse("H[i,j] = A[i,j] B[i,j]").compile()(A=np.asmatrix(A), B=np.asmatrix(B))
+    assert type(H) is np.ndarray
+    np.testing.assert_array_equal(H, [[0.0, 2.0], [4.0, 6.0]])
+
+
 def test_a_relu_gated_second_derivative_is_0_where_relu_is_flat():
     """relu(x)^y twice: y (y - 1) relu(x)^(y - 2) relu'(x)^2 is 0 at x < 0, not inf * 0 = nan;
     relu'(x)^2 gates as relu'(x) does (found by fuzzing, in a Hessian)."""
