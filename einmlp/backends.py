@@ -94,7 +94,7 @@ class Backend:
         return type(value).__module__.split(".")[0] == self.module
 
     def asarray(self, name: str, value, like=None):
-        """`value` as this library's floating-point array (integers become floats)."""
+        """`value` as this library's floating-point array (integers become floats, complex is refused)."""
         refuse_masked(name, value)
         xp = self.namespace
         try:
@@ -102,7 +102,10 @@ class Backend:
         except Exception as exc:
             raise ShapeError(f"input {name} is not an array {self.name} can take: {exc}") from None
         kind = self.kind(array.dtype)
-        if kind not in "fc":
+        if kind == "c":  # sympy took every value real: |x|^2 became x^2, wrong for complex x
+            raise ShapeError(f"input {name} is complex ({array.dtype}); einmlp's values and derivatives are real: "
+                             f"give the real and imaginary parts as two inputs")
+        if kind != "f":
             if kind not in "biu":
                 raise ShapeError(f"input {name} has dtype {array.dtype}, expected numbers")
             array = self.astype(array, self.default_float)

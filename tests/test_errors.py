@@ -141,6 +141,7 @@ BAD_ARRAYS = [
     ({"X": np.ones((2, 3)), "W": np.ones((2, 4))}, "index j"),
     ({"X": np.array([["a", "b"]]), "W": np.ones((2, 4))}, "dtype"),
     ({"X": np.ma.masked_array(np.ones((2, 3)), mask=np.eye(2, 3)), "W": np.ones((3, 4))}, "X is a masked array"),
+    ({"X": np.ones((2, 3)), "W": np.ones((3, 4)) * 1j}, "W is complex"),
 ]
 
 

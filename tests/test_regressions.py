@@ -559,6 +559,16 @@ def test_a_numpy_subclass_computes_as_a_plain_array():
     np.testing.assert_array_equal(H, [[0.0, 2.0], [4.0, 6.0]])
 
 
+def test_complex_arrays_are_refused_not_read_as_real():
+    """sympy takes every value real, so abs(x[i])^2 is x[i]^2: given x = [1+1j, 2-1j] it returned 3-2j
+    where |x|^2 summed is 7. The language's values are real; complex input is a clear error."""
+    prog = einmlp.parse("L = abs(x[i])^2")
+    x = np.array([1 + 1j, 2 - 1j])
+    for fn in (prog.compile(), prog.grad("x").compile()):
+        with pytest.raises(einmlp.ShapeError, match="x is complex"):
+            fn(x=x)
+
+
 def test_a_relu_gated_second_derivative_is_0_where_relu_is_flat():
     """relu(x)^y twice: y (y - 1) relu(x)^(y - 2) relu'(x)^2 is 0 at x < 0, not inf * 0 = nan;
     relu'(x)^2 gates as relu'(x) does (found by fuzzing, in a Hessian)."""
