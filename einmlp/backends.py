@@ -153,8 +153,13 @@ class Backend:
         """The globals the generated code runs with."""
         return {"np": self.namespace, "_ipow": _ipow, "_sigmoid": functools.partial(_sigmoid, np=self.namespace),
                 "_dsigmoid": functools.partial(_dsigmoid, np=self.namespace),
-                "_softplus": functools.partial(_softplus, np=self.namespace),
+                "_softplus": functools.partial(_softplus, np=self.namespace), "_fresh": self.fresh,
                 **self.helpers(dtype, device)}
+
+    @staticmethod
+    def fresh(array):
+        """A copy of a result that would otherwise be (a view of) an input or another result."""
+        return array.copy()
 
     def wrap(self, fn):
         """The generated function as this library runs it best (jax: jitted)."""
@@ -233,6 +238,10 @@ class Torch(Backend):
         def _equal(a, b):
             return torch.eq(torch.as_tensor(a, device=device), b).to(dtype)
         return {"_full": _full, "_arange": _arange, "_equal": _equal}
+
+    @staticmethod
+    def fresh(array):
+        return array.clone()  # in torch's graph, as every operation of the plan
 
     def result(self, value, dtype):
         torch = self.lib

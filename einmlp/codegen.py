@@ -52,10 +52,14 @@ def _equal(a, b):
     return np.equal(a, b).astype(float)
 
 
+def _fresh(a):
+    return a.copy()
+
+
 # the standalone source carries its numpy helpers, read from this module (compiled functions
 # get theirs, for their float type and device, from backends.py)
 _HELPERS = "\n\n".join(inspect.getsource(f) for f in (_full, _arange, _equal, _ipow, _sigmoid, _dsigmoid,
-                                                           _softplus))
+                                                           _softplus, _fresh))
 
 
 _PRINTABLE = re.compile(r"[ -~]*")  # one line of printable ASCII
@@ -86,14 +90,55 @@ def python_source(plan: EinsumPlan, name: str = "compute", *, standalone: bool =
             lines.append(f"    {eq.out} = {eq.spec}")
         else:
             lines.append(f"    {eq.out} = {eq.text}")
-    outputs = list(plan.outputs.values())
-    lines.append("    return " + (outputs[0] if len(outputs) == 1 and "" in plan.outputs
-                                   else "{" + ", ".join(f"{k!r}: {v}" for k, v in plan.outputs.items()) + "}"))
+    borrowed, returned = _borrowed(plan), set()
+    outputs = {}
+    for key, var in plan.outputs.items():  # no result shares memory with an input or another result
+        outputs[key] = f"_fresh({var})" if var in borrowed or var in returned else var
+        returned.add(var)
+    lines.append("    return " + (outputs[""] if len(outputs) == 1 and "" in outputs
+                                   else "{" + ", ".join(f"{k!r}: {v}" for k, v in outputs.items()) + "}"))
     body = "\n".join(lines) + "\n"
     if standalone:
         imports = "import numpy as np\n" + ("" if einsum else "import opt_einsum as oe\n")
         return imports + "\n\n" + _HELPERS + "\n\n" + body
     return body
+
+
+_VIEWS = {"T", "transpose", "reshape", "broadcast_to", "squeeze", "expand_dims", "swapaxes", "diagonal"}
+
+
+def _is_view(expression: str) -> bool:
+    """Whether numpy may evaluate `expression` to a view of the arrays it names: x, x.T, x[:, None]."""
+    for node in ast.walk(ast.parse(expression, mode="eval").body):
+        if isinstance(node, ast.Attribute) and node.attr not in _VIEWS | {"shape"} and not (
+                isinstance(node.value, ast.Name) and node.value.id == "np"):
+            return False
+        if isinstance(node, ast.UnaryOp) and not isinstance(node.operand, ast.Constant):  # -x is new; x[-1] not
+            return False
+        if not isinstance(node, (ast.Name, ast.Attribute, ast.Subscript, ast.Slice, ast.Constant, ast.Tuple,
+                                 ast.Call, ast.Load, ast.UnaryOp, ast.USub)):
+            return False
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Attribute) and node.func.attr in _VIEWS):
+            return False
+    return True
+
+
+def _borrowed(plan: EinsumPlan) -> set[str]:
+    """The variables that may hold an input's memory: the inputs, and views of them.
+
+    Returned as they are, `L = x[i] y[i]` would give y itself as dL/dx, and `g *= lr` on the
+    gradient would change the caller's y.
+    """
+    borrowed = {plan.variables.get(n, n) for n in plan.inputs}
+    for eq in plan.equations:
+        if eq.op == "einsum":
+            view = _is_view(eq.code) if eq.code else len(eq.args) == 1  # one operand: einsum may return a view
+        else:
+            view = _is_view(eq.text)
+        if view and any(re.search(rf"\b{re.escape(name)}\b", eq.code or eq.text) or name in eq.args
+                        for name in borrowed):
+            borrowed.add(eq.out)
+    return borrowed
 
 
 def _with_deletes(source: str, keep: set[str]) -> str:

@@ -124,6 +124,17 @@ def test_torch_tensors_that_require_grad_stay_in_torchs_graph():
     np.testing.assert_allclose(dW1.detach().numpy(), auto.numpy(), rtol=1e-12, atol=1e-12)
 
 
+def test_a_torch_result_is_its_own_tensor_and_stays_in_the_graph():
+    """dL/dx of x.y is y: a clone of it, which torch differentiates through (to the identity)."""
+    torch = _library("torch")
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
+    g = einmlp.parse("L = x[i] y[i]").grad("x").compile()(x=x, y=y)
+    assert g is not y and g.data_ptr() != y.data_ptr() and g.grad_fn is not None
+    (back,) = torch.autograd.grad(g.sum(), y)
+    np.testing.assert_array_equal(back.numpy(), [1.0, 1.0])
+
+
 def test_torch_keeps_float32_and_device_and_takes_numpy_alongside():
     torch = _library("torch")
     prog = einmlp.load(DERIVATIONS / "article.ein")

@@ -569,6 +569,31 @@ def test_complex_arrays_are_refused_not_read_as_real():
             fn(x=x)
 
 
+def test_no_result_shares_memory_with_an_input_or_another_result():
+    """dL/dx of L = x[i] y[i] is y, and was y itself: `g *= lr` on the gradient changed the caller's y.
+    A transpose was a view of W, and two gradients that are both z were one array."""
+    x, y, W = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0]), np.arange(6.0).reshape(2, 3)
+    cases = [
+        (einmlp.parse("L = x[i] y[i]").grad("x").compile(), {"x": x, "y": y}, {"": y}),
+        (einmlp.parse("L = x[i] y[i]").grad(["x", "y"]).compile(), {"x": x, "y": y}, {"x": y, "y": x}),
+        (einmlp.parse("H[j,i] = W[i,j]").compile(), {"W": W}, {"": W.T}),
+        (einmlp.parse("H[i] = x[i]").compile(), {"x": x}, {"": x}),
+        (einmlp.parse("L = x[i] z[i] + y[i] z[i]").grad(["x", "y"]).compile(), {"x": x, "y": y, "z": W[0]},
+         {"x": W[0], "y": W[0]}),
+    ]
+    for fn, arrays, expected in cases:
+        kept = {n: a.copy() for n, a in arrays.items()}
+        got = fn(**arrays)
+        results = got if isinstance(got, dict) else {"": got}
+        for name, value in results.items():
+            np.testing.assert_array_equal(value, expected[name])
+            assert not any(np.shares_memory(value, a) for a in arrays.values()), (fn, name)
+            assert not any(np.shares_memory(value, other) for k, other in results.items() if k != name), (fn, name)
+            value *= -1.0  # what an optimizer may do to a gradient: the inputs stay as they were
+        for n, a in arrays.items():
+            np.testing.assert_array_equal(a, kept[n])
+
+
 def test_a_relu_gated_second_derivative_is_0_where_relu_is_flat():
     """relu(x)^y twice: y (y - 1) relu(x)^(y - 2) relu'(x)^2 is 0 at x < 0, not inf * 0 = nan;
     relu'(x)^2 gates as relu'(x) does (found by fuzzing, in a Hessian)."""
