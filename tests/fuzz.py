@@ -738,7 +738,7 @@ def _arrays(shapes: dict, rng, positive: bool):
     return out
 
 
-def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, reference=None):
+def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, reference=None, undefined=None):
     """Compare `grad` (shape value.shape + wrt.shape) with central differences of value_fn at a few entries.
 
     `value_shape` is the shape the value should have (the left-hand side's); a value of the
@@ -747,6 +747,9 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, r
     tests/oracle.py): a non-finite entry where finite differences are finite is not counted
     wrong if the reference is non-finite there too. sqrt(Y - Y) is 0 for every Y, yet its chain
     rule is inf - inf = nan in autograd, jax and torch as in einmlp: `singular`.
+    `undefined()`, where given, says where the value of the program's target is not a finite
+    real number in exact arithmetic (oracle.undefined_entries, 700 digits): a non-finite entry
+    there is `singular` too, though floats rounded the value to a finite one.
     """
     import numpy as np  # noqa: PLC0415
 
@@ -763,7 +766,24 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, r
         if found[0] is None:
             return False
         r = found[0][(Ellipsis,) + tuple(idx)] if idx else found[0]
-        return np.shape(r) == np.shape(where) and bool(np.all(~np.isfinite(r)[where]))
+        if np.shape(r) == np.shape(where) and bool(np.all(~np.isfinite(r)[where])):
+            return True
+        return undefined_at(where)
+
+    exact: list = []
+
+    def undefined_at(where) -> bool:  # log(s^1e-300)^1e-300 is 0 in floats, complex in exact arithmetic
+        if undefined is None:
+            return False
+        if not exact:
+            exact.append(undefined())
+        mask = exact[0]
+        if mask is None:
+            return False
+        mask = np.asarray(mask)
+        if mask.ndim == 0:  # a scalar target undefined: so is each of its derivatives
+            return bool(mask)
+        return mask.shape == np.shape(where) and bool(np.all(mask[where]))
 
     def value(**a):
         v = np.asarray(value_fn(**a), dtype=float)
@@ -885,6 +905,9 @@ def evaluate(text: str, seed: int) -> dict:
 
         def autodiff(w, order=1):  # the same derivative by autograd over the oracle, asked for only if needed
             return lambda: oracle.derivative(text, arrays, of, w, order=order)
+
+        def undefined():  # where the target's exact value is not a finite real number, asked for only if needed
+            return oracle.undefined_entries(text, arrays, of)
         targets = list(prog.targets)
         of = targets[-1] if rng.random() < 0.8 or not targets else rng.choice(targets)
         # forward values of (some of) the targets: shape == left-hand side's shape
@@ -929,7 +952,7 @@ def evaluate(text: str, seed: int) -> dict:
             if g is None or forward is None:
                 continue
             run("fd-grad", lambda g=g, w=w: _fd_compare(forward, g, arrays, w, rng, f"d{of}/d{w}",
-                                                        target_shapes.get(of), autodiff(w)))
+                                                        target_shapes.get(of), autodiff(w), undefined))
             if rng.random() < 0.1:
                 run("check", lambda d=d: einmlp.check(d, arrays))
             if k == 0 and rng.random() < 0.3:
@@ -951,7 +974,7 @@ def evaluate(text: str, seed: int) -> dict:
                     continue
                 run("fd-hessian", lambda hv=hv, fn=fn, w=w: _fd_compare(fn, hv, arrays, w, rng, f"hessian d2{of}/d{w}2",
                                                                       target_shapes.get(of, ()) + in_shapes[w],
-                                                                      autodiff(w, order=2)))
+                                                                      autodiff(w, order=2), undefined))
         if len(names) >= 2 and rng.random() < 0.25:
             sel = names[:3]
             gs, err = run("grad-many", lambda: prog.grad(sel, of=of))
@@ -963,7 +986,7 @@ def evaluate(text: str, seed: int) -> dict:
                         for w in sel:
                             run("fd-grad-many", lambda w=w: _fd_compare(forward, res[w], arrays, w, rng,
                                                                         f"grad([...])[{w}] of {of}",
-                                                                        target_shapes.get(of), autodiff(w)))
+                                                                        target_shapes.get(of), autodiff(w), undefined))
     except Hang as exc:
         note("HANG", {"stage": state["stage"], "type": "HANG", "message": "ran past the time limit",
                       "frame": _innermost_einmlp_frame(exc.__traceback__), "traceback": _tb_tail(exc.__traceback__)})

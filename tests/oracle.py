@@ -213,8 +213,8 @@ class _Elementwise:
 
 
 class _Evaluator:
-    def __init__(self, defs, functions):
-        self.defs, self.functions = defs, functions or {}
+    def __init__(self, defs, functions, builtins=None):
+        self.defs, self.functions, self.builtins = defs, functions or {}, builtins or BUILTINS
 
     def ev(self, e, env, protected) -> _Val:
         kind = e[0]
@@ -296,8 +296,8 @@ class _Evaluator:
         return _Val(a, names)
 
     def call(self, name, x):
-        if name in BUILTINS:
-            return BUILTINS[name](x)
+        if name in self.builtins:
+            return self.builtins[name](x)
         if name in self.defs:
             param, body = self.defs[name]
             # a body that reads nothing of its argument (half(x) = 0.5) still has the argument's shape
@@ -322,10 +322,10 @@ class _Evaluator:
         return anp.reshape(a, [1 if isinstance(i, int) else shape.pop(0) for i in lhs]) if len(lhs) != len(names) else a
 
 
-def evaluate(source: str, arrays: dict, of: str | None = None, functions: dict | None = None):
+def evaluate(source: str, arrays: dict, of: str | None = None, functions: dict | None = None, builtins=None):
     """The value of target `of` (default: the last statement), shaped like its left-hand side."""
     defs, statements = parse(source)
-    ev, env = _Evaluator(defs, functions), dict(arrays)
+    ev, env = _Evaluator(defs, functions, builtins), dict(arrays)
     of = of or statements[-1][0]
     for name, lhs, rhs in statements:
         env[name] = ev.statement(lhs, rhs, env)
@@ -342,3 +342,33 @@ def derivative(source: str, arrays: dict, of: str | None, wrt: str, order: int =
     for _ in range(order):
         d = autograd.jacobian(d)
     return d(numpy.array(arrays[wrt], dtype=float))
+
+
+def _exact_builtins(mpmath) -> dict:
+    """The built-in functions over numpy arrays of mpmath numbers (complex where the real ones are undefined)."""
+    def lift(f):
+        return numpy.frompyfunc(f, 1, 1)
+    return {"exp": lift(mpmath.exp), "log": lift(mpmath.log), "tanh": lift(mpmath.tanh), "sqrt": lift(mpmath.sqrt),
+            "abs": lift(abs), "sin": lift(mpmath.sin), "cos": lift(mpmath.cos),
+            "sigmoid": lift(lambda v: 1 / (1 + mpmath.exp(-v))), "relu": lift(lambda v: v if v > 0 else 0 * v),
+            "softplus": lift(lambda v: mpmath.log(1 + mpmath.exp(v)))}
+
+
+def undefined_entries(source: str, arrays: dict, of: str | None = None, digits: int = 700):
+    """Where the value of `of` is not a finite real number when computed with `digits` digits; None if unknown.
+
+    Floats can hide it: with s = sigmoid(z) < 1, log(s^1e-300)^1e-300 is the power of a negative
+    number, yet s^1e-300 rounds to 1 and the float value is 0^1e-300 = 0. 700 digits resolve
+    every float64 (1 - 1e-300 is not 1 there). Abstract functions given as callables are unknown.
+    """
+    import mpmath  # noqa: PLC0415 (sympy's dependency)
+
+    with mpmath.workdps(digits):
+        exact = {n: numpy.frompyfunc(mpmath.mpf, 1, 1)(numpy.asarray(a, dtype=float)) for n, a in arrays.items()}
+        try:
+            value = evaluate(source, exact, of, builtins=_exact_builtins(mpmath))
+        except Exception:  # noqa: BLE001 - an abstract function, or an operation mpmath refuses
+            return None
+        flat = numpy.asarray(value, dtype=object)
+        return numpy.vectorize(lambda v: not (isinstance(v, mpmath.mpf) and mpmath.isfinite(v)), otypes=[bool])(flat)
+

@@ -156,6 +156,35 @@ def test_a_nan_derivative_is_wrong_unless_independent_autodiff_gives_nan_too():
                              lambda: oracle.derivative("V[n] = Q[n] c", arrays, "V", "Q"))
 
 
+def test_a_nan_derivative_of_a_value_that_is_not_real_in_exact_arithmetic_is_not_wrong():
+    """Found by fuzzing (seed 206, input 6,992): log(s^1e-300)^1e-300 with s = sigmoid(z) < 1 is
+    a negative number to a non-integer power, so not real. In floats s^1e-300 rounds to 1 and
+    the value is 0^1e-300 = 0, and so is autograd's derivative; einmlp's dL/dy, the same power
+    with the logarithm of a power expanded, is nan. At 700 digits the value is complex: `singular`.
+    A nan where the exact value is real is still wrong."""
+    import random
+
+    import numpy as np
+    import oracle
+    source = "z[b] = X[b,d] w[d]\nL = -(y[b] log(sigmoid(z[b])^1e-300)^1e-300 + (1 - y[b]) log(1 - sigmoid(z[b])))"
+    rng = np.random.default_rng(0)
+    arrays = {"X": rng.standard_normal((6, 3)), "w": rng.standard_normal(3), "y": rng.standard_normal(6)}
+    prog = einmlp.parse(source)
+    with np.errstate(all="ignore"):
+        grad = prog.grad("y").compile()(**arrays)
+        assert np.all(np.isnan(grad)) and np.isfinite(prog.compile()(**arrays))
+        assert oracle.undefined_entries(source, arrays, "L")
+        assert fuzz._fd_compare(prog.compile(), grad, arrays, "y", random.Random(0), "dL/dy", (),
+                                lambda: oracle.derivative(source, arrays, "L", "y"),
+                                lambda: oracle.undefined_entries(source, arrays, "L")) == "singular"
+        real, arrays = "L = y[b] y[b]", {"y": arrays["y"]}
+        assert not oracle.undefined_entries(real, arrays, "L")
+        with pytest.raises(fuzz._Wrong):
+            fuzz._fd_compare(einmlp.parse(real).compile(), np.full(6, np.nan), arrays, "y", random.Random(0),
+                             "dL/dy", (), lambda: oracle.derivative(real, arrays, "L", "y"),
+                             lambda: oracle.undefined_entries(real, arrays, "L"))
+
+
 def test_a_hessian_is_not_compared_where_the_value_is_nan():
     """Found by fuzzing: abs(relu(-sqrt(K/P))) is nan where K/P < 0; its gradient is 0 there
     (relu' gates it), so the Hessian was compared with finite differences of that 0."""
