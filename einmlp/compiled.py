@@ -11,15 +11,19 @@ from __future__ import annotations
 import difflib
 import functools
 import operator
+import time
 
 import numpy as np
 
-from . import backends, fusion
+from . import backends, fusion, jitplan
 from . import shapes as shape_stage
 from .codegen import check_functions, compile_plan, python_source
 from .errors import EinmlpError, ShapeError, UnknownNameError
 from .lower import EinsumPlan
 from .symbolic import Model
+
+
+WHOLE_AFTER = 0.5  # seconds a small float64 signature spends in numpy calls before it is compiled whole
 
 
 def _shape(value) -> tuple:
@@ -33,8 +37,10 @@ class Compiled:
     cupy) and returns that library's arrays in their float type; `backend=` pins one, and
     arrays of another library are converted to it. On numpy arrays of `fusion.FUSE_FROM`
     elements or more, with numba installed, elementwise expressions run as fused kernels
-    (`backend="numba"` always, `backend="numpy"` never). Shapes are checked once per shape
-    signature, for every statement the result depends on.
+    (`backend="numba"` always, `backend="numpy"` never); on fewer float64 elements, a
+    signature that has run `WHOLE_AFTER` seconds is compiled as one numba function, used if
+    it agrees with numpy and is faster (`whole_refused` says why not). Shapes are checked
+    once per shape signature, for every statement the result depends on.
     """
 
     def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None,
@@ -55,6 +61,7 @@ class Compiled:
         self._pick = operator.itemgetter(*plan.inputs) if len(plan.inputs) > 1 else \
             (lambda given, name=plan.inputs[0]: (given[name],)) if plan.inputs else (lambda given: ())
         self._fixed = shape_stage.fixed_axes(model)  # axes of length 1, checked for every call signature
+        self.whole_refused: str | None = None  # why the plan could not run as one numba function, if it could not
 
     @property
     def source(self) -> str:
@@ -115,6 +122,39 @@ class Compiled:
         return backend.fused or (backend is backends.NUMPY and self.backend is None and fusion.available()
                                  and sum(a.size for a in args) >= fusion.FUSE_FROM)
 
+    def _whole(self, backend: backends.Backend, args: list, dtype) -> bool:
+        """Whether this signature may come to run the plan as one numba function (jitplan.py).
+
+        float64 numpy arrays of fewer than `fusion.FUSE_FROM` elements, the backend chosen by
+        the arrays, numba installed and no abstract function. It does once the signature has
+        spent `WHOLE_AFTER` seconds in numpy calls (a training loop: the compile, or loading
+        it from the disk cache, costs about what was spent), and only if it is faster.
+        """
+        return (dtype == np.float64 and backend is backends.NUMPY and self.backend is None
+                and not self.plan.abstract and fusion.available() and sum(a.size for a in args) < fusion.FUSE_FROM)
+
+    def _promote(self, warming: "_Warming", args: list, expected) -> None:
+        """Compile the plan whole for `args`; where numba agrees with numpy on them, call it from now on."""
+        contractions = {f"_c{k}": eq.text for k, eq in enumerate(self.plan.equations)
+                        if eq.op == "einsum" and not eq.code}
+        whole = jitplan.compile_whole(python_source(self.plan, "_plan", standalone=False), contractions, args, expected)
+        if not isinstance(whole, str):
+            took = jitplan.fastest(whole, args)
+            if took >= warming.best:
+                whole = f"numpy was faster ({warming.best * 1e6:.3g} us against numba's {took * 1e6:.3g} us)"
+        if isinstance(whole, str):
+            self.whole_refused = whole
+            return
+        warming.whole = whole
+        for key, (dtype, fn) in list(self._signatures.items()):
+            if fn is warming:
+                self._signatures[key] = (dtype, whole)
+        for key, run in list(self._seen.items()):
+            if run is warming:
+                self._seen[key] = whole
+        if (hot := self._hot) is not None and hot[-1] is warming:
+            self._hot = (*hot[:-1], whole)
+
     def _fused_make(self):
         if not fusion.available():
             raise EinmlpError("backend 'numba' needs numba, which is not installed: pip install 'einmlp[fast]'")
@@ -162,10 +202,13 @@ class Compiled:
             self._check_shapes({**{n: _shape(a) for n, a in zip(self.plan.inputs, args)},
                                 **{n: _shape(a) for n, a in others.items()}})
             dtype = backend.float_type([*args, *others.values()])  # `L = x[i] 0` reads no array, yet is x's type
-            fused = self._fuses(backend, args, dtype)
-            entry = self._signatures[key] = (dtype, self._function(backend, dtype, backend.device(args), fused))
+            fn = self._function(backend, dtype, backend.device(args), self._fuses(backend, args, dtype))
+            if self._whole(backend, args, dtype):
+                fn = _Warming(self, fn)
+            entry = self._signatures[key] = (dtype, fn)
         dtype, fn = entry
         result = fn(*args)
+        fn = self._signatures[key][1]  # the call may have compiled the plan whole (_Warming)
         if isinstance(result, dict):
             converted = {k: backend.result(v, dtype) for k, v in result.items()}
             same = all(converted[k] is v for k, v in result.items())
@@ -192,3 +235,25 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<compiled {self.name}({', '.join(self.plan.inputs)})>"
+
+
+class _Warming:
+    """A signature's numpy function, timed until it has run long enough to compile the plan whole."""
+
+    def __init__(self, owner: Compiled, fn):
+        self.owner, self.fn, self.after, self.spent, self.whole = owner, fn, WHOLE_AFTER, 0.0, None
+        self.best = float("inf")  # the fastest numpy call seen
+
+    def __call__(self, *args):
+        if self.whole is not None:  # promoted: reached only through a caller that held on to this
+            return self.whole(*args)
+        start = time.perf_counter()
+        result = self.fn(*args)
+        took = time.perf_counter() - start
+        self.spent += took
+        self.best = min(self.best, took)
+        if self.spent >= self.after:
+            self.after = float("inf")  # one attempt per signature, whatever comes of it
+            self.owner._promote(self, list(args), result)
+        return result
+

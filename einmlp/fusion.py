@@ -191,23 +191,31 @@ def _cache_dir() -> Path:
         return Path(tempfile.mkdtemp(prefix="einmlp-kernels-"))
 
 
-def load_kernels(module_source: str) -> dict:
-    """The kernels of `module_source`, from the module in the cache directory named by its hash.
+def load_module(module_source: str):
+    """The module of `module_source`, from the file in the cache directory named by its hash.
 
     A file there whose text is not exactly this source is rewritten before it is imported.
     """
     digest = hashlib.sha256(module_source.encode()).hexdigest()[:24]
     name = f"einmlp_kernels_{digest}"
     if name in sys.modules:
-        module = sys.modules[name]
-    else:
-        path = _cache_dir() / f"{name}.py"
-        if not path.exists() or path.read_text() != module_source:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(module_source)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before it runs: numba's cache looks the module up by name
+        return sys.modules[name]
+    path = _cache_dir() / f"{name}.py"
+    if not path.exists() or path.read_text() != module_source:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(module_source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before it runs: numba's cache looks the module up by name
+    try:
         spec.loader.exec_module(module)
-    return {k: v for k, v in vars(module).items() if k.startswith("_k")}
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load_kernels(module_source: str) -> dict:
+    """The kernels of `module_source` (`load_module`)."""
+    return {k: v for k, v in vars(load_module(module_source)).items() if k.startswith("_k")}

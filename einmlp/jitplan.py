@@ -1,0 +1,217 @@
+"""A whole plan as one numba function: no Python between its statements.
+
+On small arrays a plan's time is not arithmetic but the interpreter and numpy's dispatch:
+the article's gradients at batch 10 are 16 numpy calls of about half a microsecond each.
+Compiled by numba as one function, the same statements run in about a quarter of that
+time (numba also fuses each elementwise expression into one loop). Contractions that are
+not plain matrix products (opt_einsum's) and abstract functions stay Python, so a plan
+with either runs as numpy.
+
+The module goes to einmlp's cache directory (fusion.py's), named by the hash of its
+source, and numba caches its machine code beside it: the compile (one to two seconds)
+is paid once per plan and signature on a machine, loading it later takes a fraction of
+that. `Compiled` calls it only once it has agreed with the numpy code on a real call
+(`agrees`), so a difference in numba's reading of the code is a refusal, never a
+wrong result.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from . import fusion
+
+# The helpers of backends.py, for numba: no `np=` parameter, and _ipow with a loop numba can type.
+HELPERS = '''
+import numpy as np
+from numba import njit
+
+
+@njit(error_model="numpy", cache=True)
+def _ipow(x, n):
+    result = x * 1.0
+    for _ in range(n - 1):
+        result = result * x
+    return result
+
+
+@njit(error_model="numpy", cache=True)
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))
+    r = e / (1.0 + e)
+    return np.where(x >= 0, 1.0 - r, r)
+
+
+@njit(error_model="numpy", cache=True)
+def _dsigmoid(x):
+    e = np.exp(-np.abs(x))
+    t = 1.0 + e
+    return e / (t * t)
+
+
+@njit(error_model="numpy", cache=True)
+def _softplus(x):
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+@njit(error_model="numpy", cache=True)
+def _fresh(a):
+    return a.copy()
+
+
+@njit(error_model="numpy", cache=True)
+def _full(shape, value):
+    return np.ones(shape) * value  # value * 1.0 is value, nan and infinities too
+
+
+@njit(error_model="numpy", cache=True)
+def _equal(a, b):
+    return (np.asarray(a) == b).astype(np.float64)
+'''
+CALLABLE = {"_ipow", "_sigmoid", "_dsigmoid", "_softplus", "_fresh", "_full", "_equal"}  # besides np.<function>
+_LOCK = threading.Lock()  # one compile at a time: numba's own lock would serialise them anyway
+
+
+def broadcast_einsum(subscripts: str, operands: list[str]) -> str | None:
+    """An einsum of one or two operands as numpy that numba compiles: a broadcast product.
+
+    The operands are laid out over the output's indices then the summed ones, multiplied,
+    and summed over the latter: `a,b->ba` (an outer product) is `a[None, :] * b[:, None]`,
+    `a,ab->a` (each row's dot product) is `(a[:, None] * ab).sum(axis=1)`. None for a
+    repeated index in one operand (a diagonal), more operands, or a product larger than both
+    its operands and the output (`ab,bc->ac` would be a*b*c numbers: that is BLAS's).
+    """
+    inputs, out = subscripts.split("->")
+    inputs = inputs.split(",")
+    if len(inputs) > 2 or any(len(set(s)) != len(s) for s in inputs):
+        return None
+    order = list(out) + [i for i in dict.fromkeys("".join(inputs)) if i not in out]
+    if len(order) > len(out) and not any(set(labels) == set(order) for labels in inputs):
+        return None
+    factors = []
+    for labels, name in zip(inputs, operands):
+        present = [i for i in order if i in labels]
+        perm = tuple(labels.index(i) for i in present)
+        factor = name if perm == tuple(range(len(perm))) else f"{name}.transpose({perm!r})"
+        if len(labels) < len(order):
+            factor = f"{factor}[{', '.join(':' if i in labels else 'None' for i in order)}]"
+        factors.append(factor)
+    expression = " * ".join(factors)
+    for axis in reversed(range(len(out), len(order))):
+        expression = f"({expression}).sum(axis={axis})" if axis else f"({expression}).sum()"
+    return expression
+
+
+def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, tuple[str, ...] | None] | str:
+    """(the numba module's source, the result's keys in order or None for one array), or why not.
+
+    `plan_source` is `python_source(plan, "_plan", standalone=False)`, where `_c3(x, y)` is
+    the contraction `contractions["_c3"]` (einsum subscripts). Why not when it calls anything
+    but numpy, the helpers above and contractions `broadcast_einsum` writes: abstract
+    functions, `_arange` (whose shape numba cannot type), other contractions.
+    """
+    tree = ast.parse(plan_source)
+    fn = tree.body[0]
+
+    class Contractions(ast.NodeTransformer):
+        def visit_Call(self, node):
+            if isinstance(node.func, ast.Name) and node.func.id in contractions and \
+                    all(isinstance(a, ast.Name) for a in node.args):
+                written = broadcast_einsum(contractions[node.func.id], [a.id for a in node.args])
+                if written is not None:
+                    return ast.parse(written, mode="eval").body
+            return self.generic_visit(node)
+    Contractions().visit(fn)
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if not (isinstance(f, ast.Name) and f.id in CALLABLE or isinstance(f, ast.Attribute)
+                    and (isinstance(f.value, ast.Name) and f.value.id == "np" or f.attr in ("sum", "reshape", "transpose"))):
+                return f"the plan calls {ast.unparse(f)}, which numba cannot compile"
+    returned = fn.body[-1]
+    keys = None
+    if isinstance(returned.value, ast.Dict):
+        keys = tuple(k.value for k in returned.value.keys)
+        returned.value = ast.Tuple(returned.value.values, ast.Load())
+    fn.decorator_list = [ast.parse('njit(error_model="numpy", cache=True)', mode="eval").body]
+    return HELPERS + "\n\n" + ast.unparse(ast.fix_missing_locations(tree)) + "\n", keys
+
+
+def _same(a):
+    return a
+
+
+def _runner(dispatcher, keys: tuple[str, ...] | None, converts: tuple):
+    """The numba function called as the numpy one is: a dict by key, numbers as numpy gave them."""
+    if keys is None:
+        convert = converts[0]
+        return dispatcher if convert is _same else (lambda *arrays: convert(dispatcher(*arrays)))
+    if all(c is _same for c in converts):
+        return lambda *arrays: dict(zip(keys, dispatcher(*arrays)))
+    return lambda *arrays: {k: c(r) for k, c, r in zip(keys, converts, dispatcher(*arrays))}
+
+
+def agrees(dispatcher, keys, args: list, expected):
+    """The numba function as the plan's runner, if on `args` it gives what numpy gave; else why not.
+
+    Same keys, types, shapes and dtypes (where numba returns a Python float for numpy's
+    float64 or 0-d array, the runner converts it), and equal values up to rounding (numba
+    sums in another order, and its exp and log may differ in the last bit).
+    """
+    try:
+        got = dispatcher(*args)
+    except Exception as exc:  # noqa: BLE001 - numba's reading of the code differs: stay numpy
+        return f"numba raised {type(exc).__name__}"
+    got = dict(zip(keys, got)) if keys is not None else {"": got}
+    want = expected if keys is not None else {"": expected}
+    if not isinstance(want, dict) or got.keys() != want.keys():
+        return "the results differ in their keys"
+    converts = []
+    for k, w in want.items():
+        g = got[k]
+        convert = _same
+        if isinstance(g, float) and type(w) is np.float64:
+            convert = np.float64
+        elif isinstance(g, float) and type(w) is np.ndarray and w.shape == () and w.dtype == np.float64:
+            convert = np.array
+        elif type(g) is not type(w) or g.shape != w.shape or g.dtype != w.dtype:
+            return f"result {k!r} differs in type, shape or dtype"
+        g, w = np.asarray(g), np.asarray(w)
+        finite = np.abs(w[np.isfinite(w)])
+        scale = float(finite.max()) if finite.size else 0.0
+        if not np.allclose(g, w, rtol=1e-9, atol=1e-9 * scale, equal_nan=True):
+            return f"result {k!r} differs from numpy's by more than rounding"
+        converts.append(convert)
+    return _runner(dispatcher, keys, tuple(converts))
+
+
+def fastest(run, args: list, repeats: int = 5) -> float:
+    """The least time of `repeats` calls of `run(*args)`, in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(*args)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def compile_whole(plan_source: str, contractions: dict[str, str], args: list, expected):
+    """The plan as one numba function for the types of `args`, checked against `expected`; else why not."""
+    made = module_source(plan_source, contractions)
+    if isinstance(made, str):
+        return made
+    source, keys = made
+    import numba
+    with _LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba's advice ('@' is faster on contiguous arrays) is not the caller's
+        try:
+            dispatcher = fusion.load_module(source)._plan
+            dispatcher.compile(tuple(numba.typeof(a) for a in args))
+        except Exception as exc:  # noqa: BLE001 - a construct numba does not support: stay numpy
+            return f"numba cannot compile it ({type(exc).__name__})"
+        return agrees(dispatcher, keys, args, expected)
