@@ -3,9 +3,10 @@
 On small arrays a plan's time is not arithmetic but the interpreter and numpy's dispatch:
 the article's gradients at batch 10 are 16 numpy calls of about half a microsecond each.
 Compiled by numba as one function, the same statements run in about a quarter of that
-time (numba also fuses each elementwise expression into one loop). Contractions that are
-not plain matrix products (opt_einsum's) and abstract functions stay Python, so a plan
-with either runs as numpy.
+time (numba also fuses each elementwise expression into one loop). opt_einsum's
+contractions of one or two operands are written as broadcast products, and softmax's
+shift as a loop; a plan with a larger contraction, a Kronecker delta or an abstract
+function runs as numpy.
 
 The module goes to einmlp's cache directory (fusion.py's), named by the hash of its
 source, and numba caches its machine code beside it: the compile (one to two seconds)
@@ -70,10 +71,32 @@ def _full(shape, value):
 
 
 @njit(error_model="numpy", cache=True)
+def _max_keep(x, a, b):
+    # np.max(x, axis=k, keepdims=True), which numba lacks, as an (a, 1, c) array: a is the product
+    # of the lengths before axis k, b its length (softmax's shift: nan wins, as in numpy)
+    if a * b == 0:
+        raise ValueError("the maximum of no numbers")
+    c = x.size // (a * b)
+    x3 = np.ascontiguousarray(x).reshape((a, b, c))
+    out = np.empty((a, 1, c))
+    for i in range(a):
+        for j in range(c):
+            m = x3[i, 0, j]
+            for t in range(1, b):
+                v = x3[i, t, j]
+                if v > m or v != v:
+                    m = v
+                    if m != m:
+                        break
+            out[i, 0, j] = m
+    return out
+
+
+@njit(error_model="numpy", cache=True)
 def _equal(a, b):
     return (np.asarray(a) == b).astype(np.float64)
 '''
-CALLABLE = {"_ipow", "_sigmoid", "_dsigmoid", "_softplus", "_fresh", "_full", "_equal"}  # besides np.<function>
+CALLABLE = {"_ipow", "_sigmoid", "_dsigmoid", "_softplus", "_fresh", "_full", "_max_keep", "_equal"}  # and np.*
 _LOCK = threading.Lock()  # one compile at a time: numba's own lock would serialise them anyway
 
 
@@ -107,6 +130,24 @@ def broadcast_einsum(subscripts: str, operands: list[str]) -> str | None:
     return expression
 
 
+def _max_keep_call(node: ast.Call) -> str | None:
+    """`np.max(x, axis=k, keepdims=True)` (softmax's shift) through `_max_keep`, or None for any other call."""
+    f = node.func
+    if not (isinstance(f, ast.Attribute) and f.attr == "max" and isinstance(f.value, ast.Name) and f.value.id == "np"
+            and len(node.args) == 1 and isinstance(x := node.args[0], ast.Name)):
+        return None
+    options = {k.arg: k.value for k in node.keywords}
+    axis, keep = options.get("axis"), options.get("keepdims")
+    if options.keys() != {"axis", "keepdims"} or not (isinstance(axis, ast.Constant) and type(axis.value) is int
+                                                      and axis.value >= 0 and isinstance(keep, ast.Constant)
+                                                      and keep.value is True):
+        return None
+    k, name = axis.value, x.id
+    before = " * ".join(f"{name}.shape[{n}]" for n in range(k)) or "1"
+    return (f"_max_keep({name}, {before}, {name}.shape[{k}])"
+            f".reshape({name}.shape[:{k}] + (1,) + {name}.shape[{k + 1}:])")
+
+
 def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, tuple[str, ...] | None] | str:
     """(the numba module's source, the result's keys in order or None for one array), or why not.
 
@@ -120,6 +161,8 @@ def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, 
 
     class Contractions(ast.NodeTransformer):
         def visit_Call(self, node):
+            if (written := _max_keep_call(node)) is not None:
+                return ast.parse(written, mode="eval").body
             if isinstance(node.func, ast.Name) and node.func.id in contractions and \
                     all(isinstance(a, ast.Name) for a in node.args):
                 written = broadcast_einsum(contractions[node.func.id], [a.id for a in node.args])
@@ -130,8 +173,9 @@ def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, 
     for node in ast.walk(fn):
         if isinstance(node, ast.Call):
             f = node.func
-            if not (isinstance(f, ast.Name) and f.id in CALLABLE or isinstance(f, ast.Attribute)
-                    and (isinstance(f.value, ast.Name) and f.value.id == "np" or f.attr in ("sum", "reshape", "transpose"))):
+            method = isinstance(f, ast.Attribute) and f.attr in ("sum", "reshape", "transpose")
+            numpy = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np"
+            if not (isinstance(f, ast.Name) and f.id in CALLABLE or method or numpy):
                 return f"the plan calls {ast.unparse(f)}, which numba cannot compile"
     returned = fn.body[-1]
     keys = None

@@ -8,6 +8,7 @@ the article's gradients run whole are checked against finite differences of a ha
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 
 import numpy as np
@@ -21,8 +22,7 @@ from einmlp import compiled, fusion, jitplan
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
                                 reason="numba is not installed (pip install numba): whole-plan compiling is not tested")
 
-# softmax's shift reads np.max(S, axis=1, keepdims=True), which numba does not type: these stay numpy
-STAY_NUMPY = {"attention", "softmax_classifier", "transformer"}
+STAY_NUMPY: set[str] = set()  # derivations whose gradients run as numpy (none: each is compiled whole)
 
 
 @pytest.fixture(autouse=True)
@@ -152,6 +152,17 @@ def test_results_run_whole_own_their_memory_and_numbers_are_numpy_floats(eager):
     assert not np.shares_memory(g["x"], arrays["y"]) and not np.shares_memory(g["y"], arrays["x"])
     assert not np.shares_memory(h, arrays["W"]) and h.shape == (3, 2)
     assert type(v) is np.float64 and v == 3.0
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_softmaxs_shift_compiled_whole_is_numpys_maximum(axis, eager):
+    """np.max(x, axis=k, keepdims=True), which numba lacks, as a loop: the same numbers, nan where numpy's is."""
+    x = np.random.default_rng(3).standard_normal((3, 4, 5))
+    x[1, 2, 3] = np.nan
+    call = jitplan._max_keep_call(ast.parse(f"np.max(x, axis={axis}, keepdims=True)", mode="eval").body)
+    source = jitplan.HELPERS + f"\n\n@njit(error_model='numpy', cache=True)\ndef _plan(x):\n    return {call}\n"
+    np.testing.assert_array_equal(fusion.load_module(source)._plan(x), np.max(x, axis=axis, keepdims=True))
+    assert jitplan._max_keep_call(ast.parse("np.max(x, axis=1)", mode="eval").body) is None
 
 
 def test_a_new_layout_after_compiling_gives_the_same_numbers(eager):
