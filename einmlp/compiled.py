@@ -137,11 +137,15 @@ class Compiled:
         """Compile the plan whole for `args`; where numba agrees with numpy on them, call it from now on."""
         contractions = {f"_c{k}": eq.text for k, eq in enumerate(self.plan.equations)
                         if eq.op == "einsum" and not eq.code}
-        whole = jitplan.compile_whole(python_source(self.plan, "_plan", standalone=False), contractions, args, expected)
-        if not isinstance(whole, str):
-            took = jitplan.fastest(whole, args)
-            if took >= warming.best:
-                whole = f"numpy was faster ({warming.best * 1e6:.3g} us against numba's {took * 1e6:.3g} us)"
+        try:  # only ever a speed-up: whatever goes wrong, the numpy function (which just ran) stays
+            whole = jitplan.compile_whole(python_source(self.plan, "_plan", standalone=False), contractions, args,
+                                          expected)
+            if not isinstance(whole, str):
+                took = jitplan.fastest(whole, args)
+                if took >= warming.best:
+                    whole = f"numpy was faster ({warming.best * 1e6:.3g} us against numba's {took * 1e6:.3g} us)"
+        except Exception as exc:  # noqa: BLE001 - e.g. numba installed but failing to import
+            whole = f"compiling it failed ({type(exc).__name__}: {exc})"
         if isinstance(whole, str):
             self.whole_refused = whole
             return

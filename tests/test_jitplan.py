@@ -123,6 +123,19 @@ def test_numpy_stays_where_it_is_faster(monkeypatch):
     assert not _runs_whole(fn) and fn.whole_refused.startswith("numpy was faster")
 
 
+def test_a_failing_compile_leaves_the_numpy_function(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("numba is broken here")
+    monkeypatch.setattr(compiled, "WHOLE_AFTER", 0.0)
+    monkeypatch.setattr(jitplan, "compile_whole", broken)
+    fn = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"]).compile()
+    arrays = article_arrays(batch=10)
+    expected = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"]).compile(backend="numpy")(**arrays)
+    _same(fn(**arrays), expected)
+    _same(fn(**arrays), expected)
+    assert not _runs_whole(fn) and "numba is broken here" in fn.whole_refused
+
+
 def test_numba_is_taken_only_where_it_agrees_with_numpy():
     x = np.arange(3.0)
     assert callable(jitplan.agrees(lambda a: a * 2, None, [x], x * 2))
