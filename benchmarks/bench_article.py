@@ -5,7 +5,9 @@
     python benchmarks/bench_article.py --mlp      # seed 000's MLP, all four gradients at once
 
 Times are medians of repeated calls; ratios (einmlp / baseline) are what to read, since
-absolute times on shared machines are noisy.
+absolute times on shared machines are noisy. einmlp is timed in its steady state: a small
+signature is compiled whole with numba once it has run half a second (jitplan.py), so it is
+called for a second first; `numpy` is the same gradient with `backend="numpy"`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def median_time(fn, *, min_time: float = 0.3, repeat: int = 7) -> float:
             fn()
         samples.append((time.perf_counter() - start) / n)
     return float(np.median(samples))
+
+
+def steady(fn, seconds: float = 1.0):
+    """`fn`, after calling it for `seconds` (past einmlp's compile of a small signature)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn()
+    return fn
 
 
 def handwritten(X, W1, W2, Y):
@@ -85,14 +95,16 @@ def baselines(arrays):
 
 def article(batches) -> None:
     prog = einmlp.load(ROOT / "derivations" / "article.ein")
-    fn = prog.grad("W1").compile()
-    print(f"{'batch':>8} {'einmlp':>12} " + " ".join(f"{name:>28}" for name in baselines(_arrays(2))))
+    fn, plain = prog.grad("W1").compile(), prog.grad("W1").compile(backend="numpy")
+    names = ["einmlp, numpy", *baselines(_arrays(2))]
+    print(f"{'batch':>8} {'einmlp':>12} " + " ".join(f"{name:>28}" for name in names))
     for batch in batches:
         arrays = _arrays(batch)
         np.testing.assert_allclose(fn(**arrays), handwritten(**arrays), rtol=1e-9)
-        ours = median_time(lambda: fn(**arrays))
+        ours = median_time(steady(lambda: fn(**arrays)))
+        np.testing.assert_allclose(fn(**arrays), handwritten(**arrays), rtol=1e-9)
         cells = []
-        for name, base in baselines(arrays).items():
+        for name, base in {"numpy": lambda: plain(**arrays), **baselines(arrays)}.items():
             theirs = median_time(base)
             cells.append(f"{theirs * 1e6:10.1f} us (x{ours / theirs:5.2f})")
         print(f"{batch:>8} {ours * 1e6:9.1f} us " + " ".join(f"{c:>28}" for c in cells))
@@ -138,7 +150,7 @@ def mlp(batches) -> None:
         expected = mlp_handwritten(**arrays)
         for name, value in fn(**arrays).items():
             np.testing.assert_allclose(value, expected[name], rtol=1e-9, atol=1e-9)
-        ours = median_time(lambda: fn(**arrays))
+        ours = median_time(steady(lambda: fn(**arrays)))
         cells = [median_time(lambda: mlp_handwritten(**arrays))]
         try:
             import torch
