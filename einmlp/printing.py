@@ -211,6 +211,10 @@ class Printer:
             return self.p(inline_definitions(e))  # written out all the way, as atom() judges it
         if isinstance(e, UserFunction):
             return f"_functions[{e.label()!r}]({self.p(e.args[0])})"
+        if isinstance(e, sp.log) and isinstance(e.args[0], sigmoid):  # log(sigmoid(u)) = -softplus(-u)
+            return f"(-_softplus({self.p(-e.args[0].args[0])}))"  # no log(0) once sigmoid underflows, past u = -745
+        if isinstance(e, sp.log) and (u := _one_minus_sigmoid(e.args[0])) is not None:  # = -softplus(u): no
+            return f"(-_softplus({self.p(u)}))"  # 1 - sigmoid(u) rounding to one ulp or 0 past u = 37 (-36.7 for -37.3)
         if isinstance(e, sp.Function) and len(e.args) == 1:
             return numpy_source(e, self.p(e.args[0]))
         raise EinmlpError(f"cannot compile {e} to numpy")

@@ -167,6 +167,24 @@ def test_sigmoid_times_one_minus_sigmoid_keeps_its_digits_at_large_margins():
     np.testing.assert_allclose(got, want, rtol=1e-13)
 
 
+def test_the_logistic_loss_keeps_its_digits_at_large_margins():
+    """Found by fuzzing (seed 208, input 17,805): log(1 - sigmoid(z)) at z = 37.29 read 1 - s
+    rounded to one ulp, so the loss was 14.53 for 14.75 and flat in z (its finite differences
+    were 0 while the gradient was right); past z = 745 log(sigmoid(-z)) was log(0). Both are
+    -softplus now. The reference is mpmath at 400 digits (1 - sigmoid(800) is e^-800)."""
+    import mpmath
+
+    prog = einmlp.load(DERIVATIONS / "logistic_regression.ein")
+    X = np.array([[37.29, 1.0], [-38.0, 2.0], [0.5, -1.0], [800.0, 0.0], [-800.0, 1.0]])
+    w, y = np.array([1.0, 0.0]), np.array([0.4, 0.3, 1.0, 0.0, 1.0])
+    got = prog.compile()(X=X, w=w, y=y)
+    with mpmath.workdps(400):
+        s = [1 / (1 + mpmath.exp(-mpmath.mpf(v))) for v in X @ w]
+        want = -sum(mpmath.mpf(yb) * mpmath.log(sb) + (1 - mpmath.mpf(yb)) * mpmath.log(1 - sb) for yb, sb in zip(y, s))
+    np.testing.assert_allclose(got, float(want), rtol=1e-14)
+    assert "np.log(1 - _sigmoid" not in prog.compile().source
+
+
 def test_powers_of_sigmoid_and_one_minus_sigmoid_share_the_slope():
     """sigmoid(u)^2 (1 - sigmoid(u)) is sigmoid'(u) sigmoid(u): the rest of a power stays."""
     prog = einmlp.parse("x is 5\nL = sigmoid(x[i])^2")
