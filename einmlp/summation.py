@@ -302,10 +302,76 @@ def _written(expr: Expr, param: str, sizes: dict[str, tuple[int, int]]) -> tuple
     return 1 + sum(n for n, _ in parts), sum(u for _, u in parts)
 
 
-def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
+MAX_EXPONENT = 1000  # |p| of a constant exponent: sympy writes (3 y)^p as 3^p y^p, computing 3^p exactly
+MAX_RAISED = 10_000  # a constant raised, through powers of powers, to at most this (sympy computes it exactly)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """How far a constant exponent chain raises things, in an expression with its calls written out.
+
+    sympy computes a constant under powers exactly: (x/2)^4 is x^4/16, and bringing a sum over
+    a common denominator multiplies the exponents on the way, so f(f(f(x))) with
+    f(x) = (x/2)^4 + 1 asks for 2^64. `param`: the largest product of exponents from the root to
+    the parameter, through which a caller's constants are raised too; `number`: to a constant
+    other than 0 and +-1; `most`: the largest anywhere inside. A built-in call (sin, exp) is a
+    wall: sympy leaves its argument alone.
+    """
+    param: float = 0.0
+    number: float = 0.0
+    most: float = 0.0
+
+
+def _exponent_size(expr: Expr) -> float | None:
+    """|value| of a constant exponent (inf if it overflows), None if it holds a tensor or divides by zero."""
+    if isinstance(expr, Num):
+        return abs(float(expr.value))
+    if isinstance(expr, (Group, Neg)):
+        return _exponent_size(expr.body if isinstance(expr, Group) else expr.operand)
+    if isinstance(expr, BinOp):
+        left, right = _exponent_size(expr.left), _exponent_size(expr.right)
+        if left is None or right is None:
+            return None
+        try:
+            return abs({"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                        "/": lambda: left / right, "^": lambda: left ** right}[expr.op]())
+        except ZeroDivisionError:
+            return None
+        except OverflowError:
+            return float("inf")
+    return None
+
+
+def _raised(expr: Expr, param: str | None, gains: dict[str, _Raised]) -> _Raised:
+    if isinstance(expr, Ref):
+        return _Raised(param=1.0 if expr.name == param and not expr.indices else 0.0)
+    if isinstance(expr, Num):
+        heavy = 0.0 if expr.value in (0, 1, -1) else 1.0
+        return _Raised(number=heavy, most=heavy)
+    if isinstance(expr, Call):
+        arg = _raised(expr.arg, param, gains)
+        g = gains.get(expr.function)
+        if g is None:  # a built-in or abstract function: its argument is raised no further
+            return _Raised(most=arg.most)
+        number = max(g.number, g.param * arg.number)
+        return _Raised(g.param * arg.param, number, max(g.most, arg.most, number))
+    if isinstance(expr, BinOp) and expr.op == "^" and (size := _exponent_size(expr.right)) is not None:
+        base = _raised(expr.left, param, gains)
+        gain = max(1.0, size) if size <= MAX_EXPONENT else 1.0  # a larger one is refused with its own message
+        number = gain * base.number
+        return _Raised(gain * base.param, number, max(base.most, number))
+    children = [_raised(getattr(expr, f), param, gains) for f in ("left", "right", "operand", "body")
+                if hasattr(expr, f)]
+    return _Raised(max((c.param for c in children), default=0.0), max((c.number for c in children), default=0.0),
+                   max((c.most for c in children), default=0.0))
+
+
+def _check_functions(functions: tuple[FunctionDef, ...]) -> dict[str, _Raised]:
+    """Check the definitions in order; what each one raises its argument and constants to, by name."""
     defined: set[str] = set()
     depth: dict[str, int] = {}
     sizes: dict[str, tuple[int, int]] = {}
+    gains: dict[str, _Raised] = {}
     for definition in functions:
         if definition.name in BUILTINS or definition.name == "sum":
             raise UnknownNameError(f"{definition.name} is a built-in function and cannot be redefined "
@@ -331,11 +397,17 @@ def _check_functions(functions: tuple[FunctionDef, ...]) -> set[str]:
             raise EinmlpError(f"function {definition.name} grows to more than {MAX_FUNCTION_SIZE} operations "
                                    f"when its calls are written out; write some of them as statements "
                                    f"(in `{definition.source}`)")
+        gains[definition.name] = _raised(definition.body, definition.param, gains)
+        if gains[definition.name].most > MAX_RAISED:
+            raise EinmlpError(f"function {definition.name} raises a constant to a power of about "
+                              f"{gains[definition.name].most:.3g} when its calls are written out (at most "
+                              f"{MAX_RAISED:,}), through powers of powers that sympy computes exactly; write "
+                              f"some of them as statements (in `{definition.source}`)")
         if depth[definition.name] > MAX_FUNCTION_DEPTH:
             raise EinmlpError(f"function {definition.name} calls functions nested more than {MAX_FUNCTION_DEPTH} "
                                    f"deep; write some of them as statements (in `{definition.source}`)")
         defined.add(definition.name)
-    return defined
+    return gains
 
 
 def _check_calls_are_not_tensors(program: Program, inputs: dict, targets: dict) -> None:
@@ -398,6 +470,10 @@ def check_program(program: Program) -> CheckedProgram:
             elif known != len(node.indices):
                 raise IndexNotationError(f"{node.name} has {known} indices but is used with {len(node.indices)} "
                                          f"here: {node.name}[{','.join(map(str, node.indices))}] ({where})")
+        if (most := _raised(statement.expr, None, functions).most) > MAX_RAISED:
+            raise EinmlpError(f"the statement raises a constant to a power of about {most:.3g} when its function "
+                              f"calls are written out (at most {MAX_RAISED:,}), through powers of powers that "
+                              f"sympy computes exactly; name some of the inner results as statements ({where})")
         checked.append(check_statement(statement))
         targets[statement.name] = len(statement.indices)
     if not checked:

@@ -20,11 +20,10 @@ from sympy.core.symbol import Str
 from .errors import NumericError
 from .functions import PARAM, FunctionTable, UserFunction
 from .render import index_str
-from .summation import CheckedProgram
+from .summation import MAX_EXPONENT, CheckedProgram
 from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
 
 MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
-MAX_EXPONENT = 1000  # |p| of a constant exponent: sympy writes (3 y)^p as 3^p y^p, computing 3^p exactly
 MAX_NESTING = 8     # a statement whose functions and powers nest deeper is named one level at a time
 
 

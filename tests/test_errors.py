@@ -8,6 +8,36 @@ import pytest
 import einmlp
 from einmlp import EinmlpError, IndexNotationError, NumericError, ParseError, ShapeError, UnknownNameError
 
+FUZZ_HANG = """f0(x) = x^2 + 1
+f1(x) = f0(x)^2
+f2(x) = f1(x)^2
+f3(x) = f2(x)^2
+f4(x) = f3(f3(x))
+f5(x) = f4(f4(x))
+f6(x) = f5(f5(x))
+f7(x) = f6(x) / 2
+f8(x) = f7(f7(x))
+f9(x) = f8(x)^2
+f10(x) = f9(x) + 1
+f11(x) = f10(x) + 1
+f12(x) = f11(x)^2
+f13(x) = x f12(x)
+f14(x) = f13(f13(x))
+f15(x) = sin(f14(x))
+f16(x) = x f15(x)
+f17(x) = f16(x) / 2
+f18(x) = f17(x) + 1
+f19(x) = f18(x)^2
+f20(x) = f19(x) + 1
+f21(x) = f20(x) / 2
+f22(x) = f21(x) / 2
+f23(x) = f22(x)^2
+f24(x) = f23(x) / 2
+f25(x) = f24(x) / 2
+f26(x) = sin(f25(x))
+L = f26(w) w
+"""
+
 BAD_SOURCES = [
     # syntax
     ("A[i = X[i]", ParseError, "expected"),
@@ -86,6 +116,10 @@ BAD_SOURCES = [
     # a function that doubles at each level: refused for its size, which is no unknown name
     ("\n".join(["g0(x) = x^2"] + [f"g{k}(x) = g{k - 1}(g{k - 1}(x))" for k in range(1, 14)] + ["L = g13(y)"]),
      EinmlpError, "grows to more than"),
+    # constants raised through composed powers of powers: sympy would compute 2^(2^32) exactly
+    # (fuzzing: compiling the forward ran for minutes); below, the same bound on one statement
+    (FUZZ_HANG, EinmlpError, "function f8 raises a constant to a power of about 4.29e+09"),
+    ("f(x) = (x/3)^10 + 1\nL = f(f(f(f(f(w[i])))))", EinmlpError, "the statement raises a constant to a power"),
 ]
 
 

@@ -19,6 +19,16 @@ u = np.array([1.0, 2.0, 3.0])
 z = np.array([1.0, 2.0, 3.0])
 Z = np.array([[1.0, 2.0, 3.0], [0.5, 1.0, 4.0]])
 c3 = np.array([1.0, -2.0, 0.5])
+_w4 = np.array([2.9, 3.1, -3.3])
+
+
+def _f(x):
+    return (x / 3) ** 10 + 1
+
+
+def _df(x):
+    return 10 / 3 * (x / 3) ** 9
+
 
 # (source, wrt, arrays, forward value, gradient)
 CASES = [
@@ -78,6 +88,9 @@ CASES = [
     # exp(-u^2) underflows (found by fuzzing: the value was finite, the gradient nan)
     ("q(x) = exp(-x^2)\nG = A[j]\nL = log(q(D[t] + G))", "A", {"A": np.full(5, 30.0), "D": np.array([1.0, -2.0])},
      -(151.0 ** 2 + 148.0 ** 2), np.full(5, -2 * (151.0 + 148.0))),
+    # a constant raised through composed powers up to the limit (3^10000 inside sympy) is derived
+    ("f(x) = (x/3)^10 + 1\nL = f(f(f(f(w[i]))))", "w", {"w": _w4},
+     float(np.sum(_f(_f(_f(_f(_w4)))))), _df(_f(_f(_f(_w4)))) * _df(_f(_f(_w4))) * _df(_f(_w4)) * _df(_w4)),
 ]
 
 
