@@ -3,7 +3,7 @@
     python benchmarks/compare.py            # the whole table, about 10 minutes on 2 cores
     python benchmarks/compare.py --quick    # fewer rounds, shorter blocks: a minute or two
     python benchmarks/compare.py --only hessian --only article
-    python benchmarks/compare.py --threads 1   # every library on one thread (a machine shared with others)
+    python benchmarks/compare.py --threads 1   # every library on one thread and one core (a shared machine)
 
 Each workload's competitors (einmlp, numpy by hand, jax.jit(grad), torch autograd, pytensor)
 run in one process, interleaved: every round times one block of calls of each, with a pause
@@ -38,6 +38,11 @@ def _threads_first() -> int | None:
             if value == "1":
                 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                            " --xla_cpu_multi_thread_eigen=false").strip()
+                # XLA's CPU runtime still runs work on a second core with that flag (1.7 cores of
+                # CPU per second of wall time measured on a jitted MLP): pin the whole process
+                # to one core, so that every library has one.
+                if hasattr(os, "sched_setaffinity"):
+                    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
             return int(value)
     return None
 
@@ -82,6 +87,8 @@ def settings(allocator: str) -> list[str]:
                                       "XLA_FLAGS", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
                                       "GLIBC_TUNABLES") if k in os.environ}
     lines.append(f"environment: {env or 'no thread or allocator variables set'}")
+    if hasattr(os, "sched_getaffinity"):
+        lines.append(f"cores this process may run on: {sorted(os.sched_getaffinity(0))}")
     try:
         from threadpoolctl import threadpool_info
         lines += [f"threadpool: {p.get('internal_api')} {p.get('version')} threads={p.get('num_threads')}"
@@ -417,7 +424,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of 0.1 s blocks instead of 7 of 0.4 s")
     parser.add_argument("--only", action="append", default=[], help="workloads whose name contains this (repeat)")
-    parser.add_argument("--threads", type=int, help="threads for BLAS, torch and jax (default: theirs)")
+    parser.add_argument("--threads", type=int,
+                        help="threads for BLAS, torch and jax (default: theirs); 1 also pins the process to one core")
     args = parser.parse_args()
     allocator = keep_freed_memory()
     rounds, block, pause = (3, 0.1, 0.1) if args.quick else (7, 0.4, 0.3)
