@@ -314,7 +314,7 @@ def _flat(result, names) -> list[np.ndarray]:
     if isinstance(result, dict):
         return [np.asarray(getattr(result[k], "detach", lambda k=k: result[k])()) for k in names]
     if isinstance(result, (list, tuple)):
-        return [np.asarray(getattr(r, "detach", lambda: r)()) for r in result]
+        return [np.asarray(getattr(r, "detach", lambda r=r: r)()) for r in result]
     return [np.asarray(getattr(result, "detach", lambda: result)())]
 
 
