@@ -24,6 +24,9 @@ from .symbolic import Model
 
 
 WHOLE_AFTER = 0.5  # seconds a small float64 signature spends in numpy calls before it is compiled whole
+BLOCK_FROM = 1 << 18  # input elements from which a plan that separates over its rows runs on blocks of them
+BLOCK_ELEMENTS = 1 << 16  # elements of the cut inputs in one block (measured: benchmarks/compare.py)
+BLOCK_MIN_ROWS = 1024  # fewer rows to a block and the per-block calls cost more than the cache saves
 
 
 def _shape(value) -> tuple:
@@ -39,8 +42,10 @@ class Compiled:
     elements or more, with numba installed, elementwise expressions run as fused kernels
     (`backend="numba"` always, `backend="numpy"` never); on fewer float64 elements, a
     signature that has run `WHOLE_AFTER` seconds is compiled as one numba function, used if
-    it agrees with numpy and is faster (`whole_refused` says why not). Shapes are checked
-    once per shape signature, for every statement the result depends on.
+    it agrees with numpy and is faster (`whole_refused` says why not). From `BLOCK_FROM`
+    elements, a plan that separates over its rows (rows.py) runs on numpy arrays in blocks
+    of rows. Shapes are checked once per shape signature, for every statement the result
+    depends on.
     """
 
     def __init__(self, model: Model, plan: EinsumPlan, name: str, functions: dict | None = None,
@@ -209,6 +214,8 @@ class Compiled:
             fn = self._function(backend, dtype, backend.device(args), self._fuses(backend, args, dtype))
             if self._whole(backend, args, dtype):
                 fn = _Warming(self, fn)
+            elif (blocked := _Blocked.planned(self.plan, backend, args, fn)) is not None:
+                fn = blocked
             entry = self._signatures[key] = (dtype, fn)
         dtype, fn = entry
         result = fn(*args)
@@ -261,3 +268,60 @@ class _Warming:
             self.owner._promote(self, list(args), result)
         return result
 
+
+
+class _Blocked:
+    """A plan that separates over its rows (rows.py), run on blocks of them: its temporaries stay in cache.
+
+    Results are put together as the plan's `Blocking` says: rows by rows, sums over the
+    rows by adding the blocks' sums, the rest from the first block.
+    """
+
+    def __init__(self, fn, blocking, rows: int, step: int):
+        self.fn, self.blocking, self.rows, self.step = fn, blocking, rows, step
+
+    @classmethod
+    def planned(cls, plan: EinsumPlan, backend: backends.Backend, args: list, fn) -> _Blocked | None:
+        """The blocked run of this signature, or None where it runs whole (small, not numpy, or not separable)."""
+        if not plan.blocks or backend.module != "numpy" or sum(a.size for a in args) < BLOCK_FROM:
+            return None
+        best = None
+        for blocking in plan.blocks:
+            lengths = {a.shape[axis] for a, axis in zip(args, blocking.inputs) if axis is not None}
+            if len(lengths) != 1:
+                continue
+            rows = lengths.pop()
+            per_row = sum(a.size // max(rows, 1) for a, axis in zip(args, blocking.inputs) if axis is not None)
+            step = max(BLOCK_MIN_ROWS, BLOCK_ELEMENTS // max(per_row, 1))
+            if rows >= 2 * step and (best is None or rows > best.rows):
+                best = cls(fn, blocking, rows, step)
+        return best
+
+    def __call__(self, *args):
+        cuts = self.blocking.inputs
+        parts = [(s, min(s + self.step, self.rows)) for s in range(0, self.rows, self.step)]
+        if self.rows - parts[-1][0] < self.step // 2 and len(parts) > 1:  # no sliver of a block at the end
+            parts[-2:] = [(parts[-2][0], self.rows)]
+        total = None
+        for start, stop in parts:
+            block = self.fn(*[a if axis is None else a[(slice(None),) * axis + (slice(start, stop),)]
+                              for a, axis in zip(args, cuts)])
+            single = not isinstance(block, dict)
+            block = {"": block} if single else block
+            if total is None:
+                total = {key: self._first(key, value) for key, value in block.items()}
+            for key, value in block.items():
+                kind, axis = self.blocking.outputs[key]
+                if kind == "rows":
+                    total[key][(slice(None),) * axis + (slice(start, stop),)] = value
+                elif kind == "partial" and start > 0:
+                    total[key] = total[key] + value  # weight-sized: a new array costs nothing here
+        return total[""] if single else total
+
+    def _first(self, key: str, value):
+        kind, axis = self.blocking.outputs[key]
+        if kind != "rows":
+            return value  # the block's own result: never an input or a view of one (codegen copies those)
+        shape = list(np.shape(value))
+        shape[axis] = self.rows
+        return np.empty(shape, dtype=value.dtype)

@@ -34,6 +34,7 @@ from .grad import Names
 from .printing import Printer, align, gate, inline_definitions, letters, never_negative, sigmoid_slopes
 from .products import matmul, reduction
 from .render import index_str
+from .rows import Blocking, Separability
 from .schedule import early, name_directly
 from .shapes import fixed_axes
 from .stable import softmax_shifts, term_power_logs
@@ -69,6 +70,7 @@ class EinsumPlan:
     outputs: dict[str, str]        # result name -> variable
     abstract: tuple[str, ...]      # abstract functions the caller must supply
     variables: dict[str, str] = field(default_factory=dict)  # program name -> variable
+    blocks: tuple[Blocking, ...] = ()  # axis classes over which the plan may run on blocks of rows (rows.py)
 
     def __str__(self) -> str:
         lines = [str(e) for e in self.equations]
@@ -115,6 +117,7 @@ class Lowerer:
         self.computed: set[str] = set()   # temporaries that expressions read as tensors
         self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
         self.units = set(fixed_axes(model))  # (tensor, axis) of length 1: written somewhere with a fixed 0
+        self.forms: dict[str, tuple] = {}  # variable -> (what it computes, its free indices' axes, its free pattern)
 
     @classmethod
     def returning(cls, model: Model, program: Model, of: str) -> Lowerer:
@@ -176,6 +179,7 @@ class Lowerer:
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
         """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
+        self.forms[out] = (form.expr(), {i: bindings[i] for i in form.free if i in bindings}, form.free)
         form = replace(form, terms=tuple(term_power_logs(self.unscaled(t)) for t in form.terms))
         form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
@@ -506,5 +510,8 @@ class Lowerer:
         equations = name_directly(self.equations, outputs)
         if len(outputs) > 1:
             equations = early(equations, set(outputs.values()))
-        return EinsumPlan(inputs, equations, outputs, tuple(self.abstract), {n: variable(n) for n in self.defined})
+        variables = {n: variable(n) for n in self.defined}
+        blocks = () if self.abstract else Separability(self.model, self.forms, self.shifts).blocking(
+            inputs, outputs, self.defined, variables)
+        return EinsumPlan(inputs, equations, outputs, tuple(self.abstract), variables, blocks)
 

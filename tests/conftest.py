@@ -36,6 +36,8 @@ def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite derivations/ golden files")
     parser.addoption("--programs", type=int, default=300, help="random programs for the generator test")
     parser.addoption("--programs-from", type=int, default=0, help="the first seed of the random programs")
+    parser.addoption("--blocked-programs", type=int, default=300,
+                     help="random programs run with every separable plan on blocks of rows (from --programs-from)")
 
 
 @pytest.fixture

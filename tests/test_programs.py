@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from oracle import OracleError, derivative, evaluate
 from programs import random_program
 
@@ -138,6 +139,46 @@ def test_random_programs(chunk):
     print(f"\nrandom programs {chunk[0]}..{chunk[1] - 1}: {chunk[1] - chunk[0] - skipped - len(failures)} agree, "
           f"{len(failures)} fail, {skipped} skipped (non-finite), worst relative error {worst:.3g}")
     assert not failures, f"{len(failures)} of {chunk[1] - chunk[0]} programs fail:\n\n" + "\n".join(failures)
+
+
+@pytest.fixture
+def rows_in_blocks(monkeypatch):
+    """Every plan that separates over an axis runs on blocks of one or two rows of it (rows.py).
+
+    The thresholds of a real call are set to nothing, so that the small arrays of the random
+    programs run in blocks too; returns the list of blocked runs made, to count them.
+    """
+    from einmlp import compiled
+    made = []
+    planned = compiled._Blocked.planned.__func__
+
+    def counted(cls, plan, backend, args, fn):
+        blocked = planned(cls, plan, backend, args, fn)
+        if blocked is not None:
+            blocked.step = 1 + len(made) % 2  # blocks of one row, or of two and a last one of one
+            made.append(blocked)
+        return blocked
+    monkeypatch.setattr(compiled, "BLOCK_FROM", 0)
+    monkeypatch.setattr(compiled, "BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(compiled, "BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(compiled.Compiled, "_whole", lambda *args: False)
+    monkeypatch.setattr(compiled._Blocked, "planned", classmethod(counted))
+    return made
+
+
+def test_random_programs_on_blocks_of_rows(rows_in_blocks, pytestconfig):
+    """The oracle, against every separable value and derivative computed one or two rows at a time."""
+    failures, agree = [], 0
+    first, count = pytestconfig.getoption("--programs-from"), pytestconfig.getoption("--blocked-programs")
+    for seed in range(first, first + count):
+        outcome = check_one(seed)
+        agree += outcome.kind == "ok"
+        if outcome.kind not in ("ok", "skipped"):
+            failures.append(f"seed {seed} [{outcome.kind}] {outcome.message}\n{random_program(seed).source}")
+    print(f"\nrandom programs on blocks of rows: {agree} agree, {len(failures)} fail, "
+          f"{len(rows_in_blocks)} blocked runs")
+    assert not failures, "\n".join(failures)
+    assert len(rows_in_blocks) >= count // 3  # the check did run blocks
 
 
 def test_generator_is_deterministic():
