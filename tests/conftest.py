@@ -81,3 +81,34 @@ def assert_gradient(derivation, arrays: dict, *, rtol: float = 1e-7, functions=N
     expected = np.reshape(expected, np.shape(value))
     np.testing.assert_allclose(value, expected, rtol=rtol, atol=1e-10 * max(1.0, np.max(np.abs(expected))))
     return value
+
+
+class BlockedRuns(list):
+    """The blocked runs made while `rows_in_blocks` is on; each takes the next of `steps` rows a block."""
+
+    steps: tuple[int, ...] = (3,)
+
+
+@pytest.fixture
+def rows_in_blocks(monkeypatch):
+    """Every plan that separates over an axis runs on blocks of a few rows of it (einmlp/rows.py).
+
+    The thresholds of a real call are set to nothing, so that small test arrays run in blocks
+    too; returns the list of blocked runs made, to count them.
+    """
+    from einmlp import compiled
+    made = BlockedRuns()
+    planned = compiled._Blocked.planned.__func__
+
+    def counted(cls, plan, backend, args, fn):
+        blocked = planned(cls, plan, backend, args, fn)
+        if blocked is not None:
+            blocked.step = made.steps[len(made) % len(made.steps)]
+            made.append(blocked)
+        return blocked
+    monkeypatch.setattr(compiled, "BLOCK_FROM", 0)
+    monkeypatch.setattr(compiled, "BLOCK_ELEMENTS", 0)
+    monkeypatch.setattr(compiled, "BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(compiled.Compiled, "_whole", lambda *args: False)
+    monkeypatch.setattr(compiled._Blocked, "planned", classmethod(counted))
+    return made

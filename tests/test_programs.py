@@ -9,6 +9,8 @@ programs run; on demand, as many as you like:
     python -m pytest tests/test_programs.py --programs 10000 -s [--programs-from 20000]
 
 The `-s` run prints, per chunk, how many programs were checked and the worst relative error.
+`-k blocks_of_rows --blocked-programs N` runs N programs with every plan that separates over
+its rows run on blocks of one or two of them (einmlp/rows.py).
 A failure names its class:
   crash     einmlp raised something that is not an EinmlpError (an internal error)
   refusal   einmlp raised an EinmlpError on a program the oracle reads fine
@@ -25,7 +27,6 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 from oracle import OracleError, derivative, evaluate
 from programs import random_program
 
@@ -141,33 +142,9 @@ def test_random_programs(chunk):
     assert not failures, f"{len(failures)} of {chunk[1] - chunk[0]} programs fail:\n\n" + "\n".join(failures)
 
 
-@pytest.fixture
-def rows_in_blocks(monkeypatch):
-    """Every plan that separates over an axis runs on blocks of one or two rows of it (rows.py).
-
-    The thresholds of a real call are set to nothing, so that the small arrays of the random
-    programs run in blocks too; returns the list of blocked runs made, to count them.
-    """
-    from einmlp import compiled
-    made = []
-    planned = compiled._Blocked.planned.__func__
-
-    def counted(cls, plan, backend, args, fn):
-        blocked = planned(cls, plan, backend, args, fn)
-        if blocked is not None:
-            blocked.step = 1 + len(made) % 2  # blocks of one row, or of two and a last one of one
-            made.append(blocked)
-        return blocked
-    monkeypatch.setattr(compiled, "BLOCK_FROM", 0)
-    monkeypatch.setattr(compiled, "BLOCK_ELEMENTS", 0)
-    monkeypatch.setattr(compiled, "BLOCK_MIN_ROWS", 1)
-    monkeypatch.setattr(compiled.Compiled, "_whole", lambda *args: False)
-    monkeypatch.setattr(compiled._Blocked, "planned", classmethod(counted))
-    return made
-
-
 def test_random_programs_on_blocks_of_rows(rows_in_blocks, pytestconfig):
     """The oracle, against every separable value and derivative computed one or two rows at a time."""
+    rows_in_blocks.steps = (1, 2)  # blocks of one row, or of two and a last one of one or two
     failures, agree = [], 0
     first, count = pytestconfig.getoption("--programs-from"), pytestconfig.getoption("--blocked-programs")
     for seed in range(first, first + count):

@@ -18,27 +18,6 @@ import einmlp
 from einmlp import compiled
 
 
-@pytest.fixture
-def in_blocks(monkeypatch):
-    """Every separable plan runs on blocks of `step` rows, however small its arrays; returns the runs made."""
-    made = []
-    planned = compiled._Blocked.planned.__func__
-
-    def counted(cls, plan, backend, args, fn):
-        blocked = planned(cls, plan, backend, args, fn)
-        if blocked is not None:
-            blocked.step = in_blocks_step[0]
-            made.append(blocked)
-        return blocked
-    in_blocks_step = [3]
-    monkeypatch.setattr(compiled, "BLOCK_FROM", 0)
-    monkeypatch.setattr(compiled, "BLOCK_ELEMENTS", 0)
-    monkeypatch.setattr(compiled, "BLOCK_MIN_ROWS", 1)
-    monkeypatch.setattr(compiled.Compiled, "_whole", lambda *args: False)
-    monkeypatch.setattr(compiled._Blocked, "planned", classmethod(counted))
-    return made
-
-
 def _cuts(plan) -> set:
     """The (input, axis) pairs some blocking of `plan` cuts."""
     return {(name, axis) for b in plan.blocks for name, axis in zip(plan.inputs, b.inputs) if axis is not None}
@@ -97,7 +76,7 @@ def test_a_plan_that_couples_rows_does_not_separate(name):
 
 
 @pytest.mark.parametrize("name", [n for n in NOT_SEPARABLE if n != "one row read"])
-def test_a_plan_that_couples_rows_gives_its_value_when_blocks_are_asked_for(name, in_blocks):
+def test_a_plan_that_couples_rows_gives_its_value_when_blocks_are_asked_for(name, rows_in_blocks):
     rng = np.random.default_rng(3)
     arrays = {"X": rng.standard_normal((7, 3)) * 0.5, "w": rng.standard_normal(3) * 0.5,
               "t": rng.standard_normal(7)}
@@ -108,7 +87,7 @@ def test_a_plan_that_couples_rows_gives_its_value_when_blocks_are_asked_for(name
     np.testing.assert_allclose(value, _numpy_loss(name, arrays["X"], arrays["w"], t), rtol=1e-12)
     for wrt in ("w", "X"):
         assert_gradient(prog.grad(wrt), arrays)
-    assert not [b for b in in_blocks if any(axis == 0 for axis in b.blocking.inputs[:1])]
+    assert not [b for b in rows_in_blocks if any(axis == 0 for axis in b.blocking.inputs[:1])]
 
 
 def _flat(result) -> dict:
@@ -119,7 +98,8 @@ def _flat(result) -> dict:
 
 @pytest.mark.parametrize("path", sorted(DERIVATIONS.glob("*.ein")), ids=lambda p: p.stem)
 @pytest.mark.parametrize("step", [1, 2, 3])
-def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, in_blocks, monkeypatch):
+def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, rows_in_blocks, monkeypatch):
+    rows_in_blocks.steps = (step,)
     prog = einmlp.load(path)
     d = directives(path)
     rng = np.random.default_rng(11)
@@ -129,7 +109,7 @@ def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, in_blo
     with monkeypatch.context() as whole:  # the plain run, for reference
         whole.setattr(compiled, "BLOCK_FROM", float("inf"))
         expected = [_flat(t.compile()(**arrays)) for t in targets]
-    in_blocks[:] = []
+    rows_in_blocks[:] = []
     for target, want in zip(targets, expected):
         got = _flat(target.compile()(**arrays))
         assert got.keys() == want.keys()
@@ -137,16 +117,16 @@ def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, in_blo
             assert np.shape(got[key]) == np.shape(value) and got[key].dtype == value.dtype, key
             scale = max(1.0, float(np.max(np.abs(value))))
             np.testing.assert_allclose(got[key], value, rtol=1e-12, atol=1e-12 * scale, err_msg=key)
-    blocked = bool(in_blocks)
+    blocked = bool(rows_in_blocks)
     assert blocked == bool(prog.grad(d["derive"]).plan.blocks), path.stem
 
 
-def test_the_articles_gradients_on_blocks_match_finite_differences_and_autograd(in_blocks):
+def test_the_articles_gradients_on_blocks_match_finite_differences_and_autograd(rows_in_blocks):
     prog = einmlp.load(DERIVATIONS / "article.ein")
     arrays = article_arrays(batch=10)
     for w in ("W1", "W2", "X"):
         assert_gradient(prog.grad(w), arrays)
-    assert in_blocks and all(b.rows == 10 for b in in_blocks)
+    assert rows_in_blocks and all(b.rows == 10 for b in rows_in_blocks)
 
 
 def test_a_large_batch_runs_on_blocks_with_the_real_thresholds():
