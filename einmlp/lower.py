@@ -459,6 +459,11 @@ class Lowerer:
         if gates:
             condition = " & ".join(f"({printer.p(g.args[0])} > 0)" for g in dict.fromkeys(gates))
             code = f"np.where({condition}, {code}, 0.0)"
+        read = set().union(*by_set, *(free_indices(g) for g in gates))
+        if not read >= {i for i in local if i not in _SLOTS and i != _UNIT}:
+            # the factors simplified to fewer axes (q''/q - (q'/q)^2 with q(x) = exp(-x^2) is the
+            # number -2): laid out over all of them still, as the contraction reading it expects
+            code = f"_full(({''.join(f'{size_of(i)}, ' for i in local)}), {code})"
         var = self.emit(code, " * ".join(f"({index_str(m)})" if m.is_Add and len(members) > 1 else index_str(m)
                                          for m in members))
         if nonnegative and scale is None:

@@ -24,6 +24,7 @@ from .summation import MAX_EXPONENT, CheckedProgram
 from .syntax import Call, Expr, Group, Neg, Num, Ref, SumOver
 
 MAX_MAGNITUDE = 300  # decimal digits of a constant: its value must stay a finite float
+MAX_ROOT_DEGREE = 10 ** 100  # q of a constant power b^(p/q) of a number b: 2^1e-300 hangs sympy, 2^1e-100 does not
 MAX_NESTING = 8     # a statement whose functions and powers nest deeper is named one level at a time
 
 
@@ -331,14 +332,33 @@ def _written_out(call: sp.Expr) -> sp.Expr:
     definition = type(call).definition if isinstance(call, UserFunction) else None
     if definition is None or not (call.args[0].is_number or _nesting(definition) > MAX_NESTING):
         return call
-    body = definition.xreplace({PARAM: call.args[0]})
+    body = _put(definition, call.args[0])
     return body.replace(lambda e: isinstance(e, UserFunction) and e.args[0].is_number, _written_out)
 
 
+def _put(expr: sp.Expr, value: sp.Expr) -> sp.Expr:
+    """`expr` at PARAM = `value`, each power of two numbers checked before sympy builds it (xreplace would not)."""
+    if expr == PARAM:
+        return value
+    if not expr.has(PARAM):
+        return expr
+    args = [_put(a, value) for a in expr.args]
+    if isinstance(expr, sp.Pow) and args[0].is_Number and args[1].is_Number:
+        _check_power(*args)
+    return expr.func(*args)
+
+
 def _check_power(base: sp.Number, exponent: sp.Number) -> None:
-    """Refuse a constant power too large to compute (9^9^9) before sympy tries."""
+    """Refuse a constant power too large to compute (9^9^9), or a root too deep to compare, before sympy tries.
+
+    2^1e-300 is a root of degree 10^300: deciding its sign, sympy asks for its minimal polynomial.
+    """
     if base in (0, 1, -1):
         return
+    if exponent.is_Rational and exponent.q > MAX_ROOT_DEGREE:
+        raise NumericError(f"the constant {float(base):.6g}^{float(exponent):.3g} is a root of degree about "
+                           f"10^{math.log10(exponent.q):.0f}, too deep for exact arithmetic (at most "
+                           f"10^{math.log10(MAX_ROOT_DEGREE):.0f}); write the number it stands for")
     size = abs(float(exponent)) * abs(_log10(base))
     if not size <= MAX_MAGNITUDE:
         raise NumericError(f"the constant {base}^{exponent} is beyond the range of a float (about 10^+-{size:.3g})")

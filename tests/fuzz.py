@@ -739,7 +739,13 @@ def _arrays(shapes: dict, rng, positive: bool):
     return out
 
 
-def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, reference=None, undefined=None):
+def _picked(fn, key):
+    """fn's result under `key`, as a function of the arrays (a closure: any input name may be passed)."""
+    return lambda **arrays: fn(**arrays)[key]
+
+
+def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, reference=None, undefined=None,
+                derivative_fn=None):
     """Compare `grad` (shape value.shape + wrt.shape) with central differences of value_fn at a few entries.
 
     `value_shape` is the shape the value should have (the left-hand side's); a value of the
@@ -751,6 +757,10 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, r
     `undefined()`, where given, says where the value of the program's target is not a finite
     real number in exact arithmetic (oracle.undefined_entries, 700 digits): a non-finite entry
     there is `singular` too, though floats rounded the value to a finite one.
+    `derivative_fn(**arrays)`, where given, recomputes `grad`: a derivative that disagrees with
+    finite differences and changes by more than 1e-3 of itself when `wrt` moves by 1e-12 of
+    itself is `ill-conditioned`. sin(f14(u)) with f14(u) ~ 1e50 varies by 1e-12 around 2 in value
+    but has a derivative of 1e45 whose sign floats cannot tell (nor can autograd: another sign).
     """
     import numpy as np  # noqa: PLC0415
 
@@ -838,6 +848,11 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, r
         if np.any(nonfinite := smooth & ~np.isfinite(g)) and nonfinite_in_reference(idx, nonfinite):
             bad &= ~nonfinite
             singular = True
+        if np.any(bad) and derivative_fn is not None:
+            again = np.asarray(derivative_fn(**nudged), dtype=float)
+            if again.shape == grad.shape and np.all(np.isfinite(again)) and np.all(np.isfinite(grad)) and \
+                    np.max(np.abs(again - grad)) > 1e-3 * np.max(np.abs(grad)):
+                return "ill-conditioned"
         if np.any(bad):
             k = np.argwhere(bad)[0]
             k = tuple(int(v) for v in k)
@@ -952,8 +967,8 @@ def evaluate(text: str, seed: int) -> dict:
             g, err = run("call-grad", lambda fn=fn: fn(**arrays))
             if g is None or forward is None:
                 continue
-            run("fd-grad", lambda g=g, w=w: _fd_compare(forward, g, arrays, w, rng, f"d{of}/d{w}",
-                                                        target_shapes.get(of), autodiff(w), undefined))
+            run("fd-grad", lambda g=g, w=w, fn=fn: _fd_compare(forward, g, arrays, w, rng, f"d{of}/d{w}",
+                                                               target_shapes.get(of), autodiff(w), undefined, fn))
             if rng.random() < 0.1:
                 run("check", lambda d=d: einmlp.check(d, arrays))
             if k == 0 and rng.random() < 0.3:
@@ -973,9 +988,9 @@ def evaluate(text: str, seed: int) -> dict:
                 if nan_value:
                     state["verified"]["fd-hessian:nonfinite"] += 1
                     continue
-                run("fd-hessian", lambda hv=hv, fn=fn, w=w: _fd_compare(fn, hv, arrays, w, rng, f"hessian d2{of}/d{w}2",
-                                                                      target_shapes.get(of, ()) + in_shapes[w],
-                                                                      autodiff(w, order=2), undefined))
+                run("fd-hessian", lambda hv=hv, fn=fn, w=w, hf=hf: _fd_compare(
+                    fn, hv, arrays, w, rng, f"hessian d2{of}/d{w}2", target_shapes.get(of, ()) + in_shapes[w],
+                    autodiff(w, order=2), undefined, hf))
         if len(names) >= 2 and rng.random() < 0.25:
             sel = names[:3]
             gs, err = run("grad-many", lambda: prog.grad(sel, of=of))
@@ -987,7 +1002,8 @@ def evaluate(text: str, seed: int) -> dict:
                         for w in sel:
                             run("fd-grad-many", lambda w=w: _fd_compare(forward, res[w], arrays, w, rng,
                                                                         f"grad([...])[{w}] of {of}",
-                                                                        target_shapes.get(of), autodiff(w), undefined))
+                                                                        target_shapes.get(of), autodiff(w), undefined,
+                                                                        _picked(many, w)))
     except Hang as exc:
         note("HANG", {"stage": state["stage"], "type": "HANG", "message": "ran past the time limit",
                       "frame": _innermost_einmlp_frame(exc.__traceback__), "traceback": _tb_tail(exc.__traceback__)})

@@ -38,6 +38,21 @@ f26(x) = sin(f25(x))
 L = f26(w) w
 """
 
+FUZZ_ROOT = """X is 5 x 4
+Wq is 4 x 3
+Wk is 4 x 3
+Wv is 4 x 3
+Y is 5 x 3
+s is scalar
+Q[t,0]  = X[t,e] Wq[e,d]
+K[t,d]  = X[t,e] Wk[e,d]
+V[t,d]  = X[t,e] Wv[e,d]
+S[t,u]  = s Q[t,d] K[u,d]
+P[t,u]  = exp(S[t,u]) / sum[v](exp(S[u,v]))
+O[t,d]  = P[t,u] V[u,d]
+L       = (O[t,d] - Y[t,d])^2^1e-300
+"""
+
 BAD_SOURCES = [
     # syntax
     ("A[i = X[i]", ParseError, "expected"),
@@ -120,6 +135,12 @@ BAD_SOURCES = [
     # (fuzzing: compiling the forward ran for minutes); below, the same bound on one statement
     (FUZZ_HANG, EinmlpError, "function f8 raises a constant to a power of about 4.29e+09"),
     ("f(x) = (x/3)^10 + 1\nL = f(f(f(f(f(w[i])))))", EinmlpError, "the statement raises a constant to a power"),
+    # a root of a number of degree 10^300: sympy asked for its minimal polynomial to decide a sign
+    # and ran for minutes (fuzzing, seed 213: at parse, and while differentiating attention)
+    ("C10 = sqrt((C1 / E)^((0.3233)^1e-300))", NumericError, "0.3233^1e-300 is a root of degree about 10^300"),
+    (FUZZ_ROOT, NumericError, "2^1e-300 is a root of degree about 10^300"),
+    ("f(x) = 0.3233^x\nC10 = sqrt((C1 / E)^f(1e-300))", NumericError, "root of degree about 10^300"),
+    ("f(x) = x^1e-300\nC10 = sqrt((C1 / E)^f(0.3233))", NumericError, "root of degree about 10^300"),
 ]
 
 

@@ -132,6 +132,36 @@ def test_derivatives_of_values_that_overflow_or_are_noise_are_not_compared():
     assert fuzz._fd_compare(prog.compile(), grad, {"x": np.array(0.3)}, "x", random.Random(0), "dL/dx") == "checked"
 
 
+def test_a_derivative_that_floats_cannot_tell_is_ill_conditioned_not_wrong():
+    """Found by fuzzing (seed 213): sin(f14(u)) with f14(u) ~ 1e50 under two more sines is 2 to
+    twelve digits, flat to finite differences, with a derivative of +1.2e45 (mpmath, 400 digits)
+    that einmlp gives as -1.9e44 and autograd as -8.2e44: the chain rule's cos(f14(u)) is noise
+    in floats. It changes completely when u moves by 1e-12 of itself; a wrong but steady
+    derivative does not, and is still caught."""
+    import random
+
+    import numpy as np
+    source = "\n".join(["f0(x) = x^2 + 1", "f1(x) = f0(x) + 1", "f2(x) = f1(x)^2", "f3(x) = f2(x)^2",
+                        "f4(x) = f3(f3(x))", "f5(x) = f4(x)^2", "f6(x) = x f5(x)", "f7(x) = x f6(x)",
+                        "f8(x) = sin(f7(x))", "f9(x) = x f8(x)", "f10(x) = f9(x) / 2", "f11(x) = x f10(x)",
+                        "f12(x) = f11(x) / 2", "f13(x) = f12(x)^2", "f14(x) = f13(x) / 2", "f15(x) = sin(f14(x))",
+                        "f16(x) = f15(f15(x))", "f17(x) = f16(x)^2", "f18(x) = f17(x) + 1", "f19(x) = f18(x) + 1",
+                        "L = f19(w[i] x[i])"])
+    prog = einmlp.parse(source)
+    arrays = {"w": np.array([0.9701678, 0.59348711]), "x": np.array([0.98859821, 0.68844913])}
+    fn = prog.grad("x").compile()
+    grad = fn(**arrays)
+    with pytest.raises(fuzz._Wrong):  # without the derivative's own function, it would count as wrong
+        fuzz._fd_compare(prog.compile(), grad, arrays, "x", random.Random(0), "dL/dx")
+    assert fuzz._fd_compare(prog.compile(), grad, arrays, "x", random.Random(0), "dL/dx",
+                            derivative_fn=fn) == "ill-conditioned"
+    steady = einmlp.parse("L = sin(w[i] x[i])")
+    fn = steady.grad("x").compile()
+    with pytest.raises(fuzz._Wrong):  # steady and 1% off: wrong
+        fuzz._fd_compare(steady.compile(), 1.01 * fn(**arrays), arrays, "x", random.Random(0), "dL/dx",
+                         derivative_fn=lambda **a: 1.01 * fn(**a))
+
+
 def test_a_nan_derivative_is_wrong_unless_independent_autodiff_gives_nan_too():
     """Found by fuzzing: sqrt(Y + S) with S = -Y is 0 for every Q, yet its chain rule is
     inf - inf = nan in autograd (over the oracle) and jax as in einmlp: `singular`, not compared.
