@@ -20,6 +20,7 @@ from . import shapes as shape_stage
 from .codegen import check_functions, compile_plan, python_source
 from .errors import EinmlpError, ShapeError, UnknownNameError
 from .lower import EinsumPlan
+from .rows import PARTIAL, ROWS
 from .symbolic import Model
 
 
@@ -269,6 +270,10 @@ class _Warming:
         return result
 
 
+def _rows(axis: int, start: int, stop: int) -> tuple:
+    """The index of rows start:stop along `axis`."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
 
 class _Blocked:
     """A plan that separates over its rows (rows.py), run on blocks of them: its temporaries stay in cache.
@@ -304,23 +309,22 @@ class _Blocked:
             parts[-2:] = [(parts[-2][0], self.rows)]
         total = None
         for start, stop in parts:
-            block = self.fn(*[a if axis is None else a[(slice(None),) * axis + (slice(start, stop),)]
-                              for a, axis in zip(args, cuts)])
+            block = self.fn(*[a if axis is None else a[_rows(axis, start, stop)] for a, axis in zip(args, cuts)])
             single = not isinstance(block, dict)
             block = {"": block} if single else block
             if total is None:
                 total = {key: self._first(key, value) for key, value in block.items()}
             for key, value in block.items():
                 kind, axis = self.blocking.outputs[key]
-                if kind == "rows":
-                    total[key][(slice(None),) * axis + (slice(start, stop),)] = value
-                elif kind == "partial" and start > 0:
+                if kind == ROWS:
+                    total[key][_rows(axis, start, stop)] = value
+                elif kind == PARTIAL and start > 0:
                     total[key] = total[key] + value  # weight-sized: a new array costs nothing here
         return total[""] if single else total
 
     def _first(self, key: str, value):
         kind, axis = self.blocking.outputs[key]
-        if kind != "rows":
+        if kind != ROWS:
             return value  # the block's own result: never an input or a view of one (codegen copies those)
         shape = list(np.shape(value))
         shape[axis] = self.rows

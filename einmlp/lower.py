@@ -102,6 +102,11 @@ def _slot(position: int) -> sp.Symbol:
 
 
 
+def _full(axes, size_of, code: str) -> str:
+    """`code` broadcast to a new array over `axes`."""
+    return f"_full(({''.join(f'{size_of(i)}, ' for i in axes)}), {code})"
+
+
 class Lowerer:
     """Builds one plan for one or more outputs, sharing every equation it can."""
 
@@ -117,7 +122,7 @@ class Lowerer:
         self.computed: set[str] = set()   # temporaries that expressions read as tensors
         self.nonnegative: set[str] = set()  # temporaries never negative (a square root of them is real)
         self.units = set(fixed_axes(model))  # (tensor, axis) of length 1: written somewhere with a fixed 0
-        self.forms: dict[str, tuple] = {}  # variable -> (what it computes, its free indices' axes, its free pattern)
+        self.forms: dict[str, tuple] = {}  # derivative variable -> (what it computes, its free indices' axes, pattern)
 
     @classmethod
     def returning(cls, model: Model, program: Model, of: str) -> Lowerer:
@@ -165,7 +170,7 @@ class Lowerer:
         d = self.model.definitions[name]
         names = Names(index_names(d.expr) | {s.name for s in d.indices if s.is_Symbol})
         form = IndexForm(tuple(normalize(d.expr, names)), d.indices)
-        self.lower(form, variable(name), {i: d.extent(i) for i in d.indices if i.is_Symbol}, comment=d.source)
+        self.emit_form(form, variable(name), {i: d.extent(i) for i in d.indices if i.is_Symbol}, comment=d.source)
 
     def emit(self, code: str, comment: str = "", spec: str = "") -> str:
         if code in self.cache:
@@ -178,8 +183,12 @@ class Lowerer:
         return var
 
     def lower(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
-        """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
+        """Emit a derivative `form` into variable `out`, kept for the plan's separability (rows.py)."""
         self.forms[out] = (form.expr(), {i: bindings[i] for i in form.free if i in bindings}, form.free)
+        return self.emit_form(form, out, bindings, comment)
+
+    def emit_form(self, form: IndexForm, out: str, bindings: dict, comment: str = "") -> str:
+        """Emit equations computing `form` into variable `out`; `bindings` size free indices."""
         form = replace(form, terms=tuple(term_power_logs(self.unscaled(t)) for t in form.terms))
         form, unit = self.unit_axis(form, bindings)
         layout = [i if i.is_Symbol else _slot(p) for p, i in enumerate(form.free)]
@@ -199,7 +208,7 @@ class Lowerer:
             parts.append(coeff + ("*" if coeff and part else "") + part if coeff or part else "1.0")
         code = " + ".join(parts).replace("+ -", "- ") if parts else "0.0"
         if not covered >= set(layout) or not arrays:  # broadcasting alone would not give a full float array
-            code = f"_full(({''.join(f'{size_of(i)}, ' for i in layout)}), {code})"
+            code = _full(layout, size_of, code)
         self.equations.append(Equation(out, "eval", (), code, comment))
         self.cache[code] = out
         return out
@@ -463,7 +472,7 @@ class Lowerer:
         if not read >= {i for i in local if i not in _SLOTS and i != _UNIT}:
             # the factors simplified to fewer axes (q''/q - (q'/q)^2 with q(x) = exp(-x^2) is the
             # number -2): laid out over all of them still, as the contraction reading it expects
-            code = f"_full(({''.join(f'{size_of(i)}, ' for i in local)}), {code})"
+            code = _full(local, size_of, code)
         var = self.emit(code, " * ".join(f"({index_str(m)})" if m.is_Add and len(members) > 1 else index_str(m)
                                          for m in members))
         if nonnegative and scale is None:

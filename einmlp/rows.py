@@ -95,7 +95,7 @@ class Separability:
     """The axis classes of a model and the forms lowered from it, and which classes separate."""
 
     def __init__(self, model: Model, forms: dict[str, tuple], shifts: dict[str, int]):
-        """`forms`: variable -> (expression, {free index: (tensor, axis)}, free pattern) for each lowered form."""
+        """`forms`: variable -> (expression, {free index: (tensor, axis)}, free pattern) per lowered derivative."""
         self.model, self.forms, self.shifts = model, forms, shifts
         self.classes = _Classes()
         for name, d in model.definitions.items():
@@ -142,6 +142,8 @@ class _Judge:
             if kind == MIXED:
                 return None
             cut.append(axis if kind == ROWS else None)
+        if all(axis is None for axis in cut):
+            return None
         for name in defined:
             if name in self.model.definitions and self.tensor(name)[0] == MIXED:
                 return None
@@ -157,8 +159,6 @@ class _Judge:
             if kind == MIXED:
                 return None
             put[key] = (kind, axis)
-        if all(axis is None for axis in cut):
-            return None
         return Blocking(tuple(cut), put)
 
     def tensor(self, name: str) -> tuple[str, int | None]:

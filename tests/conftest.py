@@ -51,6 +51,13 @@ def article_arrays(batch: int = 10, seed: int = 0) -> dict:
             "W2": 0.5 * rng.standard_normal((4, 1)), "Y": rng.standard_normal((batch, 1))}
 
 
+def flat_results(result) -> dict:
+    """A compiled function's results by name: value_and_grad's (value, {name: gradient}) as one dict."""
+    if isinstance(result, tuple):
+        return {"value": result[0], **result[1]}
+    return result if isinstance(result, dict) else {"": result}
+
+
 def random_arrays(program: einmlp.Program, shapes: dict, seed: int = 0, positive=()) -> dict:
     rng = np.random.default_rng(seed)
     out = {}

@@ -13,7 +13,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import DERIVATIONS, article_arrays
+from conftest import DERIVATIONS, article_arrays, flat_results
 from test_derivations import directives
 
 import einmlp
@@ -43,14 +43,8 @@ def _runs_whole(fn) -> bool:
     return fn._hot is not None and not isinstance(fn._hot[-1], compiled._Warming)
 
 
-def _flat(result) -> dict:
-    if isinstance(result, tuple):  # value_and_grad: (value, {name: gradient})
-        return {"value": result[0], **result[1]}
-    return result if isinstance(result, dict) else {"": result}
-
-
 def _same(result, expected, rtol=1e-12):
-    result, expected = _flat(result), _flat(expected)
+    result, expected = flat_results(result), flat_results(expected)
     assert result.keys() == expected.keys()
     for name, value in expected.items():
         assert type(result[name]) is type(value) and result[name].dtype == value.dtype, name

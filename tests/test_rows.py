@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DERIVATIONS, article_arrays, assert_gradient
+from conftest import DERIVATIONS, article_arrays, assert_gradient, flat_results
 from test_derivations import directives
 
 import einmlp
@@ -90,12 +90,6 @@ def test_a_plan_that_couples_rows_gives_its_value_when_blocks_are_asked_for(name
     assert not [b for b in rows_in_blocks if any(axis == 0 for axis in b.blocking.inputs[:1])]
 
 
-def _flat(result) -> dict:
-    if isinstance(result, tuple):  # value_and_grad: (value, {name: gradient})
-        return {"value": result[0], **result[1]}
-    return result if isinstance(result, dict) else {"": result}
-
-
 @pytest.mark.parametrize("path", sorted(DERIVATIONS.glob("*.ein")), ids=lambda p: p.stem)
 @pytest.mark.parametrize("step", [1, 2, 3])
 def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, rows_in_blocks, monkeypatch):
@@ -108,10 +102,10 @@ def test_every_derivation_gives_its_numbers_on_blocks_of_rows(path, step, rows_i
                *[prog.hessian(w) for w in d["hessian"]]]
     with monkeypatch.context() as whole:  # the plain run, for reference
         whole.setattr(compiled, "BLOCK_FROM", float("inf"))
-        expected = [_flat(t.compile()(**arrays)) for t in targets]
+        expected = [flat_results(t.compile()(**arrays)) for t in targets]
     rows_in_blocks[:] = []
     for target, want in zip(targets, expected):
-        got = _flat(target.compile()(**arrays))
+        got = flat_results(target.compile()(**arrays))
         assert got.keys() == want.keys()
         for key, value in want.items():
             assert np.shape(got[key]) == np.shape(value) and got[key].dtype == value.dtype, key
