@@ -148,6 +148,19 @@ def _max_keep_call(node: ast.Call) -> str | None:
             f".reshape({name}.shape[:{k}] + (1,) + {name}.shape[{k + 1}:])")
 
 
+def _single_axis_sums(node: ast.Call) -> ast.Call | None:
+    """`x.sum(axis=(0, 1))` as `x.sum(axis=1).sum(axis=0)` (numba sums over one axis at a time), else None."""
+    f = node.func
+    if not (isinstance(f, ast.Attribute) and f.attr == "sum" and not node.args and len(node.keywords) == 1
+            and node.keywords[0].arg == "axis" and isinstance(axes := node.keywords[0].value, ast.Tuple)
+            and all(isinstance(a, ast.Constant) and type(a.value) is int and a.value >= 0 for a in axes.elts)):
+        return None
+    out = f.value
+    for axis in sorted({a.value for a in axes.elts}, reverse=True):  # the last first: the others keep their numbers
+        out = ast.Call(ast.Attribute(out, "sum", ast.Load()), [], [ast.keyword("axis", ast.Constant(axis))])
+    return out
+
+
 def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, tuple[str, ...] | None] | str:
     """(the numba module's source, the result's keys in order or None for one array), or why not.
 
@@ -163,6 +176,8 @@ def module_source(plan_source: str, contractions: dict[str, str]) -> tuple[str, 
         def visit_Call(self, node):
             if (written := _max_keep_call(node)) is not None:
                 return ast.parse(written, mode="eval").body
+            if (nested := _single_axis_sums(node)) is not None:
+                return self.generic_visit(nested)
             if isinstance(node.func, ast.Name) and node.func.id in contractions and \
                     all(isinstance(a, ast.Name) for a in node.args):
                 written = broadcast_einsum(contractions[node.func.id], [a.id for a in node.args])

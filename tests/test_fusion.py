@@ -86,7 +86,9 @@ def test_the_articles_elementwise_chain_is_one_kernel_without_temporaries():
 
 def test_kernel_modules_hold_only_generated_names():
     """Nothing of a program's text but its checked names reaches the kernel module: here not even those."""
-    allowed = {"np", "vectorize", "numpy", "numba"} | {f"a{k}" for k in range(100)} | {f"_k{k}" for k in range(100)}
+    helper = {n.id for n in ast.walk(ast.parse(fusion.CALL.format(LOOPS_UP_TO=1))) if isinstance(n, ast.Name)}
+    allowed = {"np", "vectorize", "njit", "numpy", "numba", "_call", "range", "_i", "_j", "_out"} | helper | \
+        {f"{p}{k}" for p in ("a", "_k", "_u", "_l") for k in range(100)}
     for path in sorted(DERIVATIONS.glob("*.ein")):
         prog = einmlp.load(path)
         g = prog.grad(directives(path)["derive"])
@@ -151,3 +153,52 @@ def test_the_numba_backend_without_numba_is_a_clear_error(monkeypatch):
     with pytest.raises(einmlp.EinmlpError, match="needs numba, which is not installed"):
         g.compile(backend="numba")(**article_arrays())
     assert g.compile()(**article_arrays(batch=fusion.FUSE_FROM)).shape == (3, 4)  # the default falls back to numpy
+
+
+KERNEL = ("def _compute(x, y, z):\n"
+          "    r = np.heaviside(x, 0.5) * np.sqrt(np.abs(y)) + z / (x - 0.5) * np.sign(y) - 2\n"
+          "    return r\n")
+SHAPES = [((64, 1), (1, 4), (64, 4)), ((64, 4), (4,), ()), ((1, 4), (64, 1), ()), ((5, 3), (5, 1), (1, 1)),
+          ((2, 32), (2, 1), (32,)), ((64, 1), (64, 1), (64, 1)), ((64, 33), (1, 33), (64, 1)), ((3, 4, 2), (2,), ()),
+          ((0, 4), (1, 4), (0, 1)), ((64, 4), (64, 4), (64, 4))]
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+@pytest.mark.parametrize("types", [(np.float64,) * 3, (np.float32,) * 3, (np.float32, np.float64, np.float32)],
+                         ids=lambda t: "-".join(np.dtype(d).name for d in t))
+def test_a_kernel_over_a_short_last_axis_runs_as_loops_with_the_ufuncs_bits(shapes, types):
+    """Broadcast along a last axis of 2 to 32, a kernel runs as two loops (numpy's broadcasting would
+    run the ufunc's inner loop once a row); elsewhere as the ufunc. Either gives the same bits, the
+    same type, nan, infinities and division by zero included."""
+    _, module_source = fusion.fuse(KERNEL, {"r"})
+    module = fusion.load_module(module_source)
+    rng = np.random.default_rng(3)
+    operands = []
+    for shape, dtype in zip(shapes, types):
+        value = rng.standard_normal(shape)
+        value.flat[::7] = np.nan if value.size else value.flat[::7]
+        value.flat[1::5] = 0.5
+        value.flat[2::9] = -np.inf
+        operands.append(value.astype(dtype) if shape else float(rng.standard_normal()))
+    ran = []
+
+    def loops(*args):
+        ran.append(args[-1].shape)
+        return module._l0(*args)
+    with np.errstate(all="ignore"):
+        result = module._call(module._u0, loops, *operands)
+        expected = module._u0(*operands)
+    np.testing.assert_array_equal(result, expected)
+    assert result.dtype == expected.dtype == np.result_type(*operands)  # float32 stays float32, in the ufunc too
+    full = np.broadcast_shapes(*shapes)
+    broadcast = any(s != full and np.prod(s) > 1 for s in shapes)
+    assert bool(ran) == (len(full) == 2 and 2 <= full[1] <= fusion.LOOPS_UP_TO and full[0] > 0 and broadcast)
+
+
+def test_the_articles_gradients_at_a_large_batch_run_the_outer_product_as_loops():
+    """Abar = 2 Cbar[i,0] W2[k,0] A[i,k]: (batch, 4) from (batch, 1) and (1, 4), the pattern the loops are for."""
+    g = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
+    _, module_source = executed_source(g.plan, fused=True)
+    assert "_l1(a0, a1, a2, _out)" in module_source
+    big = article_arrays(batch=fusion.FUSE_FROM)
+    _same(g.compile()(**big), g.compile(backend="numpy")(**big))

@@ -208,3 +208,18 @@ def test_a_contraction_written_for_numba_is_numpys_einsum(subscripts):
     assert jitplan.broadcast_einsum("aa->a", ["x"]) is None  # a diagonal
     assert jitplan.broadcast_einsum("a,b,c->abc", list("xyz")) is None
     assert jitplan.broadcast_einsum("ab,bc->ac", ["x", "y"]) is None  # a matrix product: a*b*c numbers at once
+
+
+def test_a_sum_over_several_axes_runs_whole_one_axis_at_a_time(eager):
+    """numba has no `sum(axis=(0, 2))`: the plan's reduction is written as sums over one axis each."""
+    source = "def _plan(T):\n    S = T.sum(axis=(0, 2))\n    L = T.sum(axis=(0, 1, 2))\n    return {'S': S, 'L': L}\n"
+    module, keys = jitplan.module_source(source, {})
+    assert "T.sum(axis=2).sum(axis=0)" in module and "T.sum(axis=2).sum(axis=1).sum(axis=0)" in module
+    prog = einmlp.parse("L = sum[a,b,c](T[a,b,c]^2 + T[a,b,c])")
+    t = np.random.default_rng(2).standard_normal((3, 4, 5))
+    for target in (prog.value_and_grad("T"), prog):
+        fn = target.compile()
+        expected = target.compile(backend="numpy")(T=t)
+        _same(fn(T=t), expected)
+        _same(fn(T=t), expected)
+        assert _runs_whole(fn)
