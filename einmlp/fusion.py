@@ -19,7 +19,6 @@ code beside it, so the compile cost is paid once per plan on a machine. Below
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import importlib.util
 import os
@@ -33,6 +32,7 @@ FUSE_FROM = 50_000   # input elements from which a call runs the fused code (mea
 # ran 9-11x faster than numba's scalar ones (tanh over 10^6 elements: 2.1 ms against 24 ms).
 UNARY = {"sqrt", "abs", "sign"}
 BINARY = {"maximum", "heaviside"}
+COMPARISONS = (ast.Gt, ast.GtE, ast.Lt, ast.LtE, ast.Eq, ast.NotEq)
 SIGNATURES = ("float32", "float64")  # in this order: numpy takes the first loop its inputs cast to safely
 
 
@@ -47,10 +47,22 @@ def _call_name(node: ast.AST) -> str | None:
         return None
     f = node.func
     if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np":
+        if f.attr == "where":
+            return f.attr if len(node.args) == 3 and _condition(node.args[0]) is not None else None
         return f.attr if (f.attr in UNARY and len(node.args) == 1) or (f.attr in BINARY and len(node.args) == 2) \
             else None
     if isinstance(f, ast.Name) and f.id == "_ipow" and len(node.args) == 2 and isinstance(node.args[1], ast.Constant):
         return "_ipow"
+    return None
+
+
+def _condition(node: ast.AST) -> list[ast.AST] | None:
+    """What a where's condition compares: one comparison, or comparisons joined by & (relu's gates); else None."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], COMPARISONS):
+        return [node.left, node.comparators[0]]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd):
+        left, right = _condition(node.left), _condition(node.right)
+        return None if left is None or right is None else left + right
     return None
 
 
@@ -68,11 +80,17 @@ def _operands(node: ast.AST) -> list[ast.AST]:
         return [node.left, node.right]
     if isinstance(node, ast.UnaryOp):
         return [node.operand]
-    return node.args[:1] if _call_name(node) == "_ipow" else list(node.args)
+    name = _call_name(node)
+    if name == "where":
+        return _condition(node.args[0]) + node.args[1:]
+    return node.args[:1] if name == "_ipow" else list(node.args)
 
 
 def _count_ops(node: ast.AST) -> int:
-    return (1 + sum(_count_ops(o) for o in _operands(node))) if _is_op(node) else 0
+    if not _is_op(node):
+        return 0
+    comparisons = len(_condition(node.args[0])) // 2 if _call_name(node) == "where" else 0
+    return 1 + comparisons + sum(_count_ops(o) for o in _operands(node))
 
 
 class _Kernel:
@@ -102,6 +120,9 @@ class _Kernel:
             for _ in range(node.args[1].value - 1):
                 out = ast.BinOp(out, ast.Mult(), base)
             return out
+        if name == "where":  # relu' gating g: g where x > 0, else 0, even where g is inf (one pass, not three)
+            node = node.args
+            return ast.IfExp(self._test(node[0]), self._scalar(node[1]), self._scalar(node[2]))
         if name == "heaviside":  # numba has no scalar heaviside (relu'): 1, h at 0, 0, and nan stays nan
             x, h = self._scalar(node.args[0]), self._scalar(node.args[1])
 
@@ -114,6 +135,12 @@ class _Kernel:
         if isinstance(node, ast.BinOp):
             return ast.BinOp(self._scalar(node.left), node.op, self._scalar(node.right))
         return ast.UnaryOp(node.op, self._scalar(node.operand))
+
+
+    def _test(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.Compare):
+            return ast.Compare(self._scalar(node.left), node.ops, [self._scalar(node.comparators[0])])
+        return ast.BinOp(self._test(node.left), ast.BitAnd(), self._test(node.right))
 
 
 def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
@@ -178,9 +205,14 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
                   f"    return {ast.unparse(kernel.body)}", ""]
         lines += ["", '@njit(error_model="numpy", cache=True)', f"def _l{k}({', '.join(params)}, _out):"]
         lines += ["    for _i in range(_out.shape[0]):", "        for _j in range(_out.shape[1]):",
-                  f"            _out[_i, _j] = {ast.unparse(_Indexed().visit(copy.deepcopy(kernel.body)))}", ""]
+                  f"            _out[_i, _j] = {ast.unparse(_Indexed().visit(_unshared(kernel.body)))}", ""]
         lines += ["", f"def _k{k}({', '.join(params)}):", f"    return _call(_u{k}, _l{k}, {', '.join(params)})", ""]
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n", "\n".join(lines)
+
+
+def _unshared(tree: ast.AST) -> ast.AST:
+    """A copy of `tree` in which no node is reached twice (heaviside's body reads its argument four times)."""
+    return ast.parse(ast.unparse(tree), mode="eval").body
 
 
 class _Indexed(ast.NodeTransformer):

@@ -156,7 +156,8 @@ def test_the_numba_backend_without_numba_is_a_clear_error(monkeypatch):
 
 
 KERNEL = ("def _compute(x, y, z):\n"
-          "    r = np.heaviside(x, 0.5) * np.sqrt(np.abs(y)) + z / (x - 0.5) * np.sign(y) - 2\n"
+          "    q = np.heaviside(x - z, 0.5) * np.sqrt(np.abs(y)) + z / (x - 0.5) * np.sign(y) - 2\n"
+          "    r = np.where((x > 0) & (y - z <= 0.25), q, 0.0)\n"
           "    return r\n")
 SHAPES = [((64, 1), (1, 4), (64, 4)), ((64, 4), (4,), ()), ((1, 4), (64, 1), ()), ((5, 3), (5, 1), (1, 1)),
           ((2, 32), (2, 1), (32,)), ((64, 1), (64, 1), (64, 1)), ((64, 33), (1, 33), (64, 1)), ((3, 4, 2), (2,), ()),
