@@ -66,7 +66,7 @@ def _condition(node: ast.AST) -> list[ast.AST] | None:
     return None
 
 
-def _is_op(node: ast.AST) -> bool:
+def is_op(node: ast.AST) -> bool:
     """An elementwise operation: + - * / on arrays, unary minus, or one of numpy's elementwise functions."""
     if isinstance(node, ast.BinOp):
         return isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div))
@@ -87,13 +87,13 @@ def _operands(node: ast.AST) -> list[ast.AST]:
 
 
 def _count_ops(node: ast.AST) -> int:
-    if not _is_op(node):
+    if not is_op(node):
         return 0
     comparisons = len(_condition(node.args[0])) // 2 if _call_name(node) == "where" else 0
     return 1 + comparisons + sum(_count_ops(o) for o in _operands(node))
 
 
-class _Kernel:
+class Kernel:
     """One elementwise region: its scalar body over parameters a0, a1, ... and the arguments for them."""
 
     def __init__(self, root: ast.AST):
@@ -111,7 +111,7 @@ class _Kernel:
     def _scalar(self, node: ast.AST) -> ast.AST:
         if isinstance(node, ast.Constant):
             return node
-        if not _is_op(node):
+        if not is_op(node):
             return self._param(node)
         name = _call_name(node)
         if name == "_ipow":
@@ -159,10 +159,10 @@ def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
                 continue
             name = stmt.targets[0].id
             uses = loads.get(name, [])
-            if name in keep or len(uses) != 1 or not _is_op(stmt.value):
+            if name in keep or len(uses) != 1 or not is_op(stmt.value):
                 continue
             parent = parents.get(id(uses[0]))
-            if parent is None or not _is_op(parent) or uses[0] not in _operands(parent):
+            if parent is None or not is_op(parent) or uses[0] not in _operands(parent):
                 continue
             for field, value in ast.iter_fields(parent):
                 if value is uses[0]:
@@ -184,12 +184,12 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
     if len(assigned) != len(set(assigned)):  # the rewriting relies on each name assigned once
         return None
     _inline_single_uses(fn, outputs)
-    kernels: list[_Kernel] = []
+    kernels: list[Kernel] = []
 
     class Replace(ast.NodeTransformer):
         def visit(self, node):
-            if _is_op(node) and _count_ops(node) >= 2:
-                kernel = _Kernel(node)
+            if is_op(node) and _count_ops(node) >= 2:
+                kernel = Kernel(node)
                 kernels.append(kernel)
                 return ast.Call(ast.Name(f"_k{len(kernels) - 1}", ast.Load()),
                                 [self.visit(a) for a in kernel.arguments], [])
@@ -205,12 +205,12 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
                   f"    return {ast.unparse(kernel.body)}", ""]
         lines += ["", '@njit(error_model="numpy", cache=True)', f"def _l{k}({', '.join(params)}, _out):"]
         lines += ["    for _i in range(_out.shape[0]):", "        for _j in range(_out.shape[1]):",
-                  f"            _out[_i, _j] = {ast.unparse(_Indexed().visit(_unshared(kernel.body)))}", ""]
+                  f"            _out[_i, _j] = {ast.unparse(_Indexed().visit(unshared(kernel.body)))}", ""]
         lines += ["", f"def _k{k}({', '.join(params)}):", f"    return _call(_u{k}, _l{k}, {', '.join(params)})", ""]
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n", "\n".join(lines)
 
 
-def _unshared(tree: ast.AST) -> ast.AST:
+def unshared(tree: ast.AST) -> ast.AST:
     """A copy of `tree` in which no node is reached twice (heaviside's body reads its argument four times)."""
     return ast.parse(ast.unparse(tree), mode="eval").body
 

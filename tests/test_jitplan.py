@@ -18,6 +18,7 @@ from test_derivations import directives
 
 import einmlp
 from einmlp import compiled, fusion, jitplan
+from einmlp.codegen import python_source
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
                                 reason="numba is not installed (pip install numba): whole-plan compiling is not tested")
@@ -222,4 +223,25 @@ def test_a_sum_over_several_axes_runs_whole_one_axis_at_a_time(eager):
         expected = target.compile(backend="numpy")(T=t)
         _same(fn(T=t), expected)
         _same(fn(T=t), expected)
+        assert _runs_whole(fn)
+
+
+def test_elementwise_statements_run_whole_as_loops_over_their_own_shapes(eager):
+    """numba's array expressions broadcast at every element: `2 Cbar W2.T A` is written as two loops
+    reading Cbar[i, 0] and W2.T[0, k], for the shapes of this signature."""
+    g = einmlp.load(DERIVATIONS / "article.ein").grad(["W1", "W2"])
+    arrays = article_arrays(batch=7)
+    args = [arrays[n] for n in g.plan.inputs]
+    plan_source = python_source(g.plan, "_plan", standalone=False)
+    source, _ = jitplan.module_source(plan_source, {}, jitplan.values(plan_source, {}, args))
+    assert "Abar[_i0, _i1] = 2 * _v6_0[_i0, 0] * _v6_1[0, _i1] * _v6_2[_i0, _i1]" in source
+    assert "C = B @ W2" in source  # BLAS stays BLAS
+    one_row = article_arrays(batch=1)  # a batch of 1 is a length-1 axis too: read at 0, a source of its own
+    rows = jitplan.module_source(plan_source, {}, jitplan.values(plan_source, {}, [one_row[n] for n in g.plan.inputs]))
+    assert rows[0] != source and "_v6_0[0, 0]" in rows[0]
+    for batch in (1, 7):
+        fn, plain = g.compile(), g.compile(backend="numpy")
+        given = article_arrays(batch=batch)
+        _same(fn(**given), plain(**given))
+        _same(fn(**given), plain(**given))
         assert _runs_whole(fn)
