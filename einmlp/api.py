@@ -168,7 +168,37 @@ FLAT_STATEMENTS = 8   # statements on those chains
 
 
 def _flat_is_small(model: Model, of: str, wrt: str) -> bool:
-    return path_count(model, of, wrt) <= FLAT_PATHS and len(on_path(model, of, (wrt,))) <= FLAT_STATEMENTS
+    path = on_path(model, of, (wrt,))
+    return path_count(model, of, wrt) <= FLAT_PATHS and len(path) <= FLAT_STATEMENTS and \
+        not _divides_by_a_sum(model, path)
+
+
+def _divides_by_a_sum(model: Model, names) -> bool:
+    """Whether a statement among `names` divides by a sum (a softmax, a norm) that is read other than by its log.
+
+    Its flat derivative is a difference of products that cancel where the softmax saturates:
+    dL/dWq of attention with logits of 1e300 came out -6e287, the rounding of two terms of
+    1e300 multiplied through, where the adjoints give P (Pbar - sum P Pbar) = 0 exactly. A
+    softmax read only by its log (cross-entropy) stays flat: there the quotient cancels
+    symbolically, into the textbook X.T @ (P - T).
+    """
+    sums = {n for n, d in model.definitions.items() if d.expr.has(ESum)}
+    path = set(names)
+    for name in path:
+        d = model.definitions.get(name)
+        if d is None or not any(p.exp.is_negative and (p.base.has(ESum) or any(
+                e.base.label.name in sums for e in p.base.atoms(sp.Indexed))) for p in d.expr.atoms(sp.Pow)):
+            continue
+        for reader in path - {name}:
+            expr = model.definitions[reader].expr if reader in model.definitions else sp.S.Zero
+            logs_gone = expr.replace(lambda e, name=name: isinstance(e, sp.log) and _reads(e, name), lambda e: sp.S.One)
+            if _reads(logs_gone, name):
+                return True
+    return False
+
+
+def _reads(expr: sp.Expr, name: str) -> bool:
+    return any(e.base.label.name == name for e in expr.atoms(sp.Indexed)) or sp.Symbol(name) in expr.free_symbols
 
 
 class Derivation:

@@ -211,6 +211,17 @@ def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Call
     return make
 
 
+def run_source(source: str, name: str, namespace: dict) -> Callable:
+    """The function `name` of generated `source`, over the globals `namespace`.
+
+    `source` is einmlp's own, printed from a checked plan (as `compile_plan`'s): identifiers
+    the parser accepted or einmlp's, numbers it printed, no comments.
+    """
+    code = compile(source, "<einmlp>", "exec")
+    exec(code, namespace)  # safe: generated from the checked plan
+    return namespace[name]
+
+
 def check_functions(plan: EinsumPlan, functions: dict | None) -> dict:
     """The callables for the plan's abstract functions; a clear error names any missing."""
     functions = dict(functions or {})

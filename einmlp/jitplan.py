@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 
 from . import backends, fusion
-from .codegen import Contraction
+from .codegen import Contraction, run_source
 
 # The helpers of backends.py, for numba: no `np=` parameter, and _ipow with a loop numba can type.
 HELPERS = '''
@@ -162,19 +162,47 @@ def _single_axis_sums(node: ast.Call) -> ast.Call | None:
     return out
 
 
+def _hoist(fn: ast.FunctionDef) -> None:
+    """Give each operand of every elementwise statement a variable, assigned just before it: `_v6_1 = W2.T`.
+
+    numpy then reports each operand's shape (`values`), and the statement's loops read them.
+    """
+    body = []
+    for tag, statement in enumerate(fn.body):
+        if isinstance(statement, ast.Assign) and fusion.is_op(statement.value):
+            kernel = fusion.Kernel(statement.value)
+            names = [f"_v{tag}_{n}" for n in range(len(kernel.arguments))]  # each its own: numba types a name once
+            body += [ast.Assign([ast.Name(v, ast.Store())], leaf) for v, leaf in zip(names, kernel.arguments)]
+            statement = ast.Assign(statement.targets, _Operands(kernel.keys, names).visit(statement.value))
+        body.append(statement)
+    fn.body = body
+
+
+class _Operands(ast.NodeTransformer):
+    """An elementwise expression with each of its kernel's operands replaced by the variable holding it."""
+
+    def __init__(self, keys: dict[str, str], names: list[str]):
+        self.keys, self.names = keys, names
+
+    def visit(self, node):
+        if not fusion.is_op(node) and (param := self.keys.get(ast.dump(node))) is not None:
+            return ast.Name(self.names[int(param[1:])], ast.Load())
+        return self.generic_visit(node)
+
+
 def values(plan_source: str, contractions: dict[str, str], args: list) -> dict:
-    """Every variable of the plan, run by numpy on `args`: the shapes its loops are written for."""
+    """Every variable of the plan, `_hoist`ed, run by numpy on `args`: the shapes its loops are written for."""
     tree = ast.parse(plan_source)
     fn = tree.body[0]
+    _hoist(fn)
     fn.body[-1] = ast.Return(ast.Call(ast.Name("_locals", ast.Load()), [], []))
     namespace = {**backends.NUMPY.runtime(np.dtype(np.float64), None), "_locals": locals,
                  **{name: Contraction(subscripts) for name, subscripts in contractions.items()}}
-    exec(compile(ast.fix_missing_locations(tree), "<einmlp>", "exec"), namespace)  # safe: the checked plan's
-    return namespace[fn.name](*args)
+    return run_source(ast.unparse(ast.fix_missing_locations(tree)), fn.name, namespace)(*args)
 
 
-def _loops(statement: ast.Assign, namespace: dict, tag: int) -> list[ast.stmt] | None:
-    """An elementwise statement as loops over its result's axes, for the shapes in `namespace`.
+def _loops(statement: ast.Assign, values: dict) -> list[ast.stmt] | None:
+    """A `_hoist`ed elementwise statement as loops over its result's axes, for the shapes in `values`.
 
     numba compiles `2 * Cbar * W2.T * A` to a loop over a broadcast, with a temporary for
     each operation and the broadcast worked out at every element: the article's elementwise
@@ -184,44 +212,38 @@ def _loops(statement: ast.Assign, namespace: dict, tag: int) -> list[ast.stmt] |
     statement is not elementwise float64 work over an array.
     """
     target = statement.targets[0].id
-    result = namespace.get(target)
+    result = values.get(target)
     if not (isinstance(result, np.ndarray) and result.ndim and result.dtype == np.float64
             and fusion.is_op(statement.value)):
         return None
     kernel = fusion.Kernel(statement.value)
     shape, rank = result.shape, result.ndim
     loop = [f"_i{k}" for k in range(rank)]
-    body, reads, sizes = [], {}, {}
-    for n, leaf in enumerate(kernel.arguments):
-        value = eval(compile(ast.Expression(leaf), "<einmlp>", "eval"), namespace)  # safe: the plan's own code
-        dims = np.shape(value)
-        if len(dims) > rank or any(d not in (1, shape[k - rank + len(dims)]) for k, d in
-                                   zip(range(rank - len(dims), rank), dims)):
+    reads, sizes = {}, {}
+    for n, operand in enumerate(kernel.arguments):
+        if not (isinstance(operand, ast.Name) and operand.id in values):
             return None
-        operand = f"_v{tag}_{n}"  # a name of its own: numba types each variable once
-        body.append(ast.Assign([ast.Name(operand, ast.Store())], leaf))
-        if not dims:
-            reads[f"a{n}"] = operand
-            continue
+        name, dims = operand.id, np.shape(values[operand.id])
         axes = range(rank - len(dims), rank)
-        reads[f"a{n}"] = f"{operand}[{', '.join('0' if d == 1 else loop[k] for k, d in zip(axes, dims))}]"
+        if len(dims) > rank or any(d not in (1, shape[k]) for k, d in zip(axes, dims)):
+            return None
+        reads[f"a{n}"] = f"{name}[{', '.join('0' if d == 1 else loop[k] for k, d in zip(axes, dims))}]" \
+            if dims else name
         for k, d in zip(axes, dims):
             if d != 1:
-                sizes.setdefault(k, f"{operand}.shape[{k - rank + len(dims)}]")
+                sizes.setdefault(k, f"{name}.shape[{k - rank + len(dims)}]")
     if len(sizes) != sum(d != 1 for d in shape):
         return None
-    extents = [sizes.get(k, "1") for k in range(rank)]
-    scalar = ast.unparse(fusion.unshared(kernel.body))
-    lines = [f"{target} = np.empty(({', '.join(extents)},))"]
+    lines = [f"{target} = np.empty(({', '.join(sizes.get(k, '1') for k in range(rank))},))"]
     for k in range(rank):
         lines.append("    " * k + f"for {loop[k]} in range({target}.shape[{k}]):")
-    element = ast.unparse(_Reads(reads).visit(ast.parse(scalar, mode="eval").body))
-    lines.append("    " * rank + f"{target}[{', '.join(loop)}] = {element}")
-    return body + ast.parse("\n".join(lines)).body
+    element = _Reads(reads).visit(fusion.unshared(kernel.body))
+    lines.append("    " * rank + f"{target}[{', '.join(loop)}] = {ast.unparse(element)}")
+    return ast.parse("\n".join(lines)).body
 
 
 class _Reads(ast.NodeTransformer):
-    """A kernel's scalar body with each parameter aN replaced by its read, `_v3_0[_i0, 0]`."""
+    """A kernel's scalar body with each parameter aN replaced by its read, `_v6_0[_i0, 0]`."""
 
     def __init__(self, reads: dict[str, str]):
         self.reads = reads
@@ -244,13 +266,9 @@ def module_source(plan_source: str, contractions: dict[str, str],
     tree = ast.parse(plan_source)
     fn = tree.body[0]
     if values is not None:
-        namespace = {**backends.NUMPY.runtime(np.dtype(np.float64), None), **values,
-                     **{name: Contraction(subscripts) for name, subscripts in contractions.items()}}
-        body = []
-        for tag, statement in enumerate(fn.body):
-            written = isinstance(statement, ast.Assign) and _loops(statement, namespace, tag)
-            body.extend(written or [statement])
-        fn.body = body
+        _hoist(fn)
+        fn.body = [line for statement in fn.body for line in
+                   ((isinstance(statement, ast.Assign) and _loops(statement, values)) or [statement])]
 
     class Contractions(ast.NodeTransformer):
         def visit_Call(self, node):

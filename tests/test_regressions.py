@@ -679,3 +679,37 @@ def test_a_hessian_whose_elementwise_factor_simplifies_to_a_number():
     h = prog.hessian("A")
     np.testing.assert_allclose(h.compile()(A=A), expected, rtol=1e-12)
     assert einmlp.check(h, {"A": A}).ok
+
+
+ATTENTION_1E300 = """Q[t,d]  = X[t,e] Wq[e,d]
+K[t,d]  = X[t,e] Wk[e,d]
+V[t,d]  = X[t,e] Wv[e,d]
+S[t,u]  = s Q[t,d]1e300 K[u,d]
+P[t,u]  = exp(S[t,u]) / sum[v](exp(S[t,v]))
+O[t,d]  = P[t,u] V[u,d]
+L       = (O[t,d] - Y[t,d])^2"""
+
+
+def test_a_saturated_softmax_has_no_gradient_through_its_logits():
+    """Found by fuzzing: logits of 1e300 saturate the softmax, and dL/dWq is 0 (finite differences say
+    so, and the exact value is below 1e-1000). Written out flat, the quotient rule was a difference of
+    two products of 1e300 that cancel: -6.1e287 from their rounding. A chain through a softmax read
+    other than by its log derives by adjoints, where Sbar = P (Pbar - sum P Pbar) is exactly 0."""
+    prog = einmlp.parse(ATTENTION_1E300)
+    rng = np.random.default_rng(7)
+    arrays = {"X": rng.standard_normal((4, 5)), "Wq": rng.standard_normal((5, 2)), "Wk": rng.standard_normal((5, 2)),
+              "Wv": rng.standard_normal((5, 3)), "s": 1.1, "Y": rng.standard_normal((4, 3))}
+    d = prog.grad("Wq")
+    assert d.mode == "adjoint"
+    np.testing.assert_array_equal(d.compile()(**arrays), np.zeros((5, 2)))
+    np.testing.assert_array_equal(prog.grad(["Wq", "Wk"]).compile()(**arrays)["Wk"], np.zeros((5, 2)))
+    assert prog.grad("Wv").mode == "flat"  # V is read linearly: no quotient on its chain
+    assert einmlp.check(d, arrays).ok
+    moderate = dict(arrays, s=1e-300)  # logits of about 1: the same derivative, checked against finite differences
+    assert einmlp.check(d, moderate).ok
+
+
+def test_a_softmax_read_by_its_log_keeps_the_flat_textbook_form():
+    prog = einmlp.load(os.path.join(os.path.dirname(__file__), "..", "derivations", "softmax_classifier.ein"))
+    d = prog.grad("W")
+    assert d.mode == "flat" and d.matrix_form == "X.T @ diag(T.sum(axis=1)) @ P - X.T @ T"
