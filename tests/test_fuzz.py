@@ -241,3 +241,28 @@ def test_an_input_over_the_time_limit_is_run_once_more_before_it_counts_as_a_han
     assert once["counts"]["HANG"] == 0 and once["counts"]["OK"] == 1 and once["over_the_limit_once_only"] == 1
     twice = fuzz.campaign(1, fixed=False, runner=Scripted(["HANG", "HANG"]))
     assert twice["counts"]["HANG"] == 1 and twice["over_the_limit_once_only"] == 0
+
+
+def test_a_derivative_of_an_input_absorbed_by_a_large_constant_is_absorbed_not_wrong():
+    """Found by fuzzing (seed 216, input 6,244): cos(E - 1e300) is one float for every E near 1 (E is
+    below the last digit of 1e300), so finite differences say 0, while the chain rule gives
+    -sin(E - 1e300) = -0.8179 in einmlp and in autograd over the oracle alike: `absorbed`. A value
+    that is flat where einmlp's derivative is not, and autograd's is 0 (or missing), is still wrong."""
+    import random
+
+    import numpy as np
+    import oracle
+    source = "H7[mu] = (cos(E - 1e300)) - B2[mu]"
+    prog = einmlp.parse(source)
+    arrays = {"E": np.array(0.93), "B2": np.array([0.4, -1.1])}
+    grad = prog.grad("E").compile()(**arrays)
+    assert np.all(grad != 0) and np.all(grad == -np.sin(np.float64(0.93) - 1e300))
+    autodiff = lambda: oracle.derivative(source, arrays, "H7", "E")  # noqa: E731
+    assert fuzz._fd_compare(prog.compile(), grad, arrays, "E", random.Random(0), "dH7/dE", (2,), autodiff) \
+        == "absorbed"
+    with pytest.raises(fuzz._Wrong):  # without the reference it cannot be told from a wrong derivative
+        fuzz._fd_compare(prog.compile(), grad, arrays, "E", random.Random(0), "dH7/dE", (2,))
+    flat = einmlp.parse("H7[mu] = relu(E - 2) - B2[mu]")  # flat in exact arithmetic too: autograd says 0
+    with pytest.raises(fuzz._Wrong):
+        fuzz._fd_compare(flat.compile(), np.full(2, 0.5), arrays, "E", random.Random(0), "dH7/dE", (2,),
+                         lambda: oracle.derivative("H7[mu] = relu(E - 2) - B2[mu]", arrays, "H7", "E"))
