@@ -21,7 +21,7 @@ from .parse import parse_syntax
 from .render import index_str
 from .summation import check_program
 from .textform import program_text, statement_text
-from .symbolic import ESum, Model, Partial, build_model
+from .symbolic import ESum, Model, Partial, build_model, tensor_set
 
 
 class Program:
@@ -183,22 +183,17 @@ def _divides_by_a_sum(model: Model, names) -> bool:
     symbolically, into the textbook X.T @ (P - T).
     """
     sums = {n for n, d in model.definitions.items() if d.expr.has(ESum)}
-    path = set(names)
+    path = set(names) & set(model.definitions)
     for name in path:
-        d = model.definitions.get(name)
-        if d is None or not any(p.exp.is_negative and (p.base.has(ESum) or any(
-                e.base.label.name in sums for e in p.base.atoms(sp.Indexed))) for p in d.expr.atoms(sp.Pow)):
+        if not any(p.exp.is_negative and (p.base.has(ESum) or tensor_set(p.base) & sums)
+                   for p in model.definitions[name].expr.atoms(sp.Pow)):
             continue
         for reader in path - {name}:
-            expr = model.definitions[reader].expr if reader in model.definitions else sp.S.Zero
-            logs_gone = expr.replace(lambda e, name=name: isinstance(e, sp.log) and _reads(e, name), lambda e: sp.S.One)
-            if _reads(logs_gone, name):
+            outside_logs = model.definitions[reader].expr.replace(
+                lambda e, name=name: isinstance(e, sp.log) and name in tensor_set(e), lambda e: sp.S.One)
+            if name in tensor_set(outside_logs):
                 return True
     return False
-
-
-def _reads(expr: sp.Expr, name: str) -> bool:
-    return any(e.base.label.name == name for e in expr.atoms(sp.Indexed)) or sp.Symbol(name) in expr.free_symbols
 
 
 class Derivation:

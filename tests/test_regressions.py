@@ -713,3 +713,14 @@ def test_a_softmax_read_by_its_log_keeps_the_flat_textbook_form():
     prog = einmlp.load(os.path.join(os.path.dirname(__file__), "..", "derivations", "softmax_classifier.ein"))
     d = prog.grad("W")
     assert d.mode == "flat" and d.matrix_form == "X.T @ diag(T.sum(axis=1)) @ P - X.T @ T"
+
+
+def test_a_scalar_normalisation_read_other_than_by_its_log_derives_by_adjoints():
+    """The softmax rule finds a normalisation into a scalar too (a real symbol, not an Indexed entry)."""
+    prog = einmlp.parse("N = x / sum[i](y[i]^2)\nL = N * c")
+    arrays = {"x": np.array(1.3), "y": np.array([0.5, -1.5, 2.0]), "c": np.array(0.7)}
+    d = prog.grad("y")
+    assert d.mode == "adjoint"
+    np.testing.assert_allclose(d.compile()(**arrays), -2 * 0.7 * 1.3 * arrays["y"] / 6.5 ** 2, rtol=1e-12)
+    assert einmlp.check(d, arrays).ok
+    assert einmlp.parse("N = x / sum[i](y[i]^2)\nL = log(N) * c").grad("y").mode == "flat"
