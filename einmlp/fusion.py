@@ -136,11 +136,20 @@ class Kernel:
             return ast.BinOp(self._scalar(node.left), node.op, self._scalar(node.right))
         return ast.UnaryOp(node.op, self._scalar(node.operand))
 
-
     def _test(self, node: ast.AST) -> ast.AST:
         if isinstance(node, ast.Compare):
             return ast.Compare(self._scalar(node.left), node.ops, [self._scalar(node.comparators[0])])
         return ast.BinOp(self._test(node.left), ast.BitAnd(), self._test(node.right))
+
+    def element(self, reads: dict[str, str]) -> str:
+        """The scalar body's source with each parameter aN read as `reads["aN"]` (`a0[_i, _j]`).
+
+        From a copy in which no node is reached twice: heaviside's body reads its argument four times.
+        """
+        class Read(ast.NodeTransformer):
+            def visit_Name(self, node):
+                return ast.parse(reads[node.id], mode="eval").body if node.id in reads else node
+        return ast.unparse(Read().visit(ast.parse(ast.unparse(self.body), mode="eval").body))
 
 
 def _inline_single_uses(fn: ast.FunctionDef, keep: set[str]) -> None:
@@ -205,24 +214,9 @@ def fuse(source: str, outputs: set[str]) -> tuple[str, str] | None:
                   f"    return {ast.unparse(kernel.body)}", ""]
         lines += ["", '@njit(error_model="numpy", cache=True)', f"def _l{k}({', '.join(params)}, _out):"]
         lines += ["    for _i in range(_out.shape[0]):", "        for _j in range(_out.shape[1]):",
-                  f"            _out[_i, _j] = {ast.unparse(_Indexed().visit(unshared(kernel.body)))}", ""]
+                  f"            _out[_i, _j] = {kernel.element({a: f'{a}[_i, _j]' for a in params})}", ""]
         lines += ["", f"def _k{k}({', '.join(params)}):", f"    return _call(_u{k}, _l{k}, {', '.join(params)})", ""]
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n", "\n".join(lines)
-
-
-def unshared(tree: ast.AST) -> ast.AST:
-    """A copy of `tree` in which no node is reached twice (heaviside's body reads its argument four times)."""
-    return ast.parse(ast.unparse(tree), mode="eval").body
-
-
-class _Indexed(ast.NodeTransformer):
-    """A kernel's scalar body with each parameter aN read at row _i, column _j: aN[_i, _j]."""
-
-    def visit_Name(self, node):
-        if not (node.id[0] == "a" and node.id[1:].isdigit()):  # np of np.sqrt
-            return node
-        index = ast.Tuple([ast.Name("_i", ast.Load()), ast.Name("_j", ast.Load())], ast.Load())
-        return ast.Subscript(node, index, ast.Load())
 
 
 LOOPS_UP_TO = 32  # the longest last axis run as loops: from 64 the ufunc's inner loop is as fast (measured)

@@ -237,20 +237,8 @@ def _loops(statement: ast.Assign, values: dict) -> list[ast.stmt] | None:
     lines = [f"{target} = np.empty(({', '.join(sizes.get(k, '1') for k in range(rank))},))"]
     for k in range(rank):
         lines.append("    " * k + f"for {loop[k]} in range({target}.shape[{k}]):")
-    element = _Reads(reads).visit(fusion.unshared(kernel.body))
-    lines.append("    " * rank + f"{target}[{', '.join(loop)}] = {ast.unparse(element)}")
+    lines.append("    " * rank + f"{target}[{', '.join(loop)}] = {kernel.element(reads)}")
     return ast.parse("\n".join(lines)).body
-
-
-class _Reads(ast.NodeTransformer):
-    """A kernel's scalar body with each parameter aN replaced by its read, `_v6_0[_i0, 0]`."""
-
-    def __init__(self, reads: dict[str, str]):
-        self.reads = reads
-
-    def visit_Name(self, node):
-        read = self.reads.get(node.id)
-        return ast.parse(read, mode="eval").body if read is not None else node
 
 
 def module_source(plan_source: str, contractions: dict[str, str],

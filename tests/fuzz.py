@@ -770,28 +770,31 @@ def _fd_compare(value_fn, grad, arrays, wrt, rng, what: str, value_shape=None, r
 
     found: list = []
 
-    def nonfinite_in_reference(idx, where) -> bool:
+    def reference_at(idx):
+        """The reference derivative at `wrt[idx]` (computed once), or None where there is none."""
         if reference is None:
-            return False
+            return None
         if not found:
             try:
                 found.append(np.asarray(reference(), dtype=float))
             except Exception:  # noqa: BLE001  (the oracle does not read every input)
                 found.append(None)
         if found[0] is None:
+            return None
+        return found[0][(Ellipsis,) + tuple(idx)] if idx else found[0]
+
+    def nonfinite_in_reference(idx, where) -> bool:
+        r = reference_at(idx)
+        if r is None:
             return False
-        r = found[0][(Ellipsis,) + tuple(idx)] if idx else found[0]
         if np.shape(r) == np.shape(where) and bool(np.all(~np.isfinite(r)[where])):
             return True
         return undefined_at(where)
 
     def agrees_with_reference(idx, g, where) -> bool:
         """Whether independent autodiff gives einmlp's (finite) derivative at `where` to 1e-9."""
-        nonfinite_in_reference(idx, where)  # reads the reference once
-        if not found or found[0] is None:
-            return False
-        r = found[0][(Ellipsis,) + tuple(idx)] if idx else found[0]
-        if np.shape(r) != np.shape(g):
+        r = reference_at(idx)
+        if r is None or np.shape(r) != np.shape(g):
             return False
         r, g = np.asarray(r)[where], np.asarray(g)[where]
         return bool(np.all(np.isfinite(r)) and np.all(np.abs(r - g) <= 1e-9 * np.maximum(np.abs(r), 1e-300)))
