@@ -100,6 +100,10 @@ def settings(allocator: str) -> list[str]:
                          "thread count not read)")
         except Exception:  # an older numpy
             pass
+    mkl = einmlp.blas.mkl()
+    lines.append("einmlp's large matrix products: " +
+                 (f"numpy's BLAS or {mkl.version} (sequential), for each shape the one measured faster" if mkl
+                  else "numpy's BLAS (mkl not installed, or EINMLP_MKL=0)"))
     try:
         import torch
         if THREADS:
@@ -453,7 +457,9 @@ def main() -> None:
           "ratios below 1 mean einmlp is faster. einmlp on numpy arrays runs fused numba kernels from "
           f"{einmlp.fusion.FUSE_FROM:,} input elements, and below that the whole plan as one numba function "
           "once a signature has run for half a second (timed after that), where numba is installed "
-          f"({'yes' if einmlp.fusion.available() else 'no'} here).")
+          f"({'yes' if einmlp.fusion.available() else 'no'} here); from the same size its large matrix "
+          "products run on MKL where it is installed and faster "
+          f"({'installed' if einmlp.blas.available() else 'not installed'} here).")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import opt_einsum as oe
 
-from . import fusion
+from . import blas, fusion
 from .backends import _dsigmoid, _ipow, _sigmoid, _softplus
 from .errors import EinmlpError, UnknownNameError
 from .functions import near_builtin
@@ -169,15 +169,19 @@ def _with_deletes(source: str, keep: set[str]) -> str:
 def executed_source(plan: EinsumPlan, fused: bool = False) -> tuple[str, str | None] | None:
     """The source `compile_plan` runs, and the source of its kernels' module (None unfused).
 
-    `fused=True` writes the elementwise expressions as numba kernels (fusion.py); None if the
-    plan has none.
+    `fused=True` gives the code for large numpy arrays: the elementwise expressions as numba
+    kernels (fusion.py) and the matrix products through `_mm` (blas.py), as far as numba and
+    MKL are installed; None if neither changes the plan.
     """
     source, module = python_source(plan, "_compute", standalone=False), None
     if fused:
-        rewritten = fusion.fuse(source, set(plan.outputs.values()))
-        if rewritten is None:
+        rewritten = fusion.fuse(source, set(plan.outputs.values())) if fusion.available() else None
+        if rewritten is not None:
+            source, module = rewritten
+        routed = blas.routed(source) if blas.available() else None
+        if rewritten is None and routed is None:
             return None
-        source, module = rewritten
+        source = routed or source
     return _with_deletes(source, set(plan.outputs.values())), module
 
 
@@ -203,6 +207,8 @@ def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Call
     contractions = {f"_c{k}": Contraction(eq.text) for k, eq in enumerate(plan.equations)
                     if eq.op == "einsum" and not eq.code}
     kernels = fusion.load_kernels(module) if module else {}
+    if fused and (products := blas.products()) is not None:
+        kernels["_mm"] = products
 
     def make(runtime: dict) -> Callable:
         namespace = {**runtime, **contractions, **kernels}

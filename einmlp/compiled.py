@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import backends, fusion, jitplan
+from . import backends, blas, fusion, jitplan
 from . import shapes as shape_stage
 from .codegen import check_functions, compile_plan, python_source
 from .errors import EinmlpError, ShapeError, UnknownNameError
@@ -40,8 +40,9 @@ class Compiled:
     It computes with the library of the arrays it is given (numpy, torch, jax, dask or
     cupy) and returns that library's arrays in their float type; `backend=` pins one, and
     arrays of another library are converted to it. On numpy arrays of `fusion.FUSE_FROM`
-    elements or more, with numba installed, elementwise expressions run as fused kernels
-    (`backend="numba"` always, `backend="numpy"` never); on fewer float64 elements, a
+    elements or more, with numba installed, elementwise expressions run as fused kernels,
+    and with MKL installed, large matrix products run on it where it measures faster
+    (blas.py) (`backend="numba"` always, `backend="numpy"` never); on fewer float64 elements, a
     signature that has run `WHOLE_AFTER` seconds is compiled as one numba function, used if
     it agrees with numpy and is faster (`whole_refused` says why not). From `BLOCK_FROM`
     elements, a plan that separates over its rows (rows.py) runs on numpy arrays in blocks
@@ -122,11 +123,15 @@ class Compiled:
                 {n: backend.asarray(n, a, device) for n, a in others.items()})
 
     def _fuses(self, backend: backends.Backend, args: list, dtype) -> bool:
-        """Whether this signature runs the fused kernels: pinned, or numpy arrays from FUSE_FROM elements."""
+        """Whether this signature runs the code for large arrays (fused kernels, products on MKL).
+
+        Pinned (`backend="numba"`), or numpy arrays from FUSE_FROM elements with numba or MKL installed.
+        """
         if dtype not in (np.float32, np.float64):
             return False
-        return backend.fused or (backend is backends.NUMPY and self.backend is None and fusion.available()
-                                 and sum(a.size for a in args) >= fusion.FUSE_FROM)
+        return backend.fused or (backend is backends.NUMPY and self.backend is None
+                                 and sum(a.size for a in args) >= fusion.FUSE_FROM
+                                 and (fusion.available() or blas.available()))
 
     def _whole(self, backend: backends.Backend, args: list, dtype) -> bool:
         """Whether this signature may come to run the plan as one numba function (jitplan.py).
@@ -166,7 +171,7 @@ class Compiled:
             self._hot = (*hot[:-1], whole)
 
     def _fused_make(self):
-        if not fusion.available():
+        if self.backend is not None and self.backend.fused and not fusion.available():
             raise EinmlpError("backend 'numba' needs numba, which is not installed: pip install 'einmlp[fast]'")
         if "_fused" not in self.__dict__:
             self._fused = compile_plan(self.plan, fused=True)  # None: no expression to fuse

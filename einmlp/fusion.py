@@ -6,7 +6,7 @@ source is rewritten: a temporary that one elementwise expression alone reads is 
 into it, and each elementwise expression of more than one operation becomes one numba
 kernel: one pass, no temporaries, numpy's broadcasting. A kernel is a ufunc, and the same
 scalar body as two loops for a result whose short last axis an operand is broadcast along
-(`_call`). Matrix products, reductions and contractions stay numpy and BLAS.
+(`_call`). Matrix products (BLAS, or MKL: blas.py), reductions and contractions stay numpy.
 
 numba was chosen by measurement: a fused ufunc ran `(1 - x*x) * y` over 10^6 elements 10x
 faster than numpy's three passes, numexpr loses everywhere (15-50 us a call, no vectorised
