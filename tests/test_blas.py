@@ -202,3 +202,23 @@ def test_the_articles_gradients_at_a_large_batch_route_their_products(every_prod
     for name in ("W1", "W2"):
         _close(np.ascontiguousarray(grads[name]), np.ascontiguousarray(plain[name]))
     assert any(every_product_on_mkl.choice.values())
+
+
+@needs_mkl
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mkl_gives_numpys_infinities_and_nans_and_leaves_subnormals_alone(monkeypatch, dtype):
+    """inf times a zero is nan in both (no BLAS shortcut skips zeros), and MKL sets no flush-to-zero."""
+    monkeypatch.setattr(blas, "MKL_FROM", 0)
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((64, 32)).astype(dtype), rng.standard_normal((32, 48)).astype(dtype)
+    a[3, 5], a[7, 2], b[9, 4] = np.inf, np.nan, -np.inf
+    b[5, :], a[:, 9] = 0.0, 0.0
+    with np.errstate(invalid="ignore"):
+        mine, numpys = blas.Products(blas.mkl())._planned(a, b)[1](), a @ b
+    assert np.isnan(numpys).sum() > 100
+    np.testing.assert_array_equal(np.isnan(mine), np.isnan(numpys))
+    np.testing.assert_array_equal(np.isinf(mine) * np.sign(mine), np.isinf(numpys) * np.sign(numpys))
+    finite = np.isfinite(numpys)
+    np.testing.assert_allclose(mine[finite], numpys[finite], rtol=1e-5 if dtype == np.float32 else 1e-12)
+    tiny = np.finfo(dtype).smallest_subnormal * 4
+    assert np.array([tiny], dtype)[0] * dtype(0.5) == tiny / 2
