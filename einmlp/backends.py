@@ -17,6 +17,7 @@ namespace.
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import operator
@@ -165,6 +166,9 @@ class Backend:
         """The generated function as this library runs it best (jax: jitted)."""
         return fn
 
+    # A pass over the generated source for this library, or None: jax's rewrites `a.T @ b`.
+    rewrite = None
+
     def result(self, value, dtype):
         """A result in the computation's float type, as this library's array."""
         if getattr(value, "dtype", None) == dtype and self.owns(value):
@@ -266,6 +270,37 @@ class Jax(Backend):
 
     def wrap(self, fn):
         return importlib.import_module("jax").jit(fn)
+
+    def runtime(self, dtype, device) -> dict:
+        return {**super().runtime(dtype, device), "_tdot": self._tdot}
+
+    def _tdot(self, a, b):
+        """`a.T @ b` as one contraction over both leading axes.
+
+        XLA's CPU dot copied the transpose of a batch-sized `a` first: the article's gradients at
+        batch 100,000 took 3.45 ms that way, 3.08 ms this way, as jax's own gradient contracts.
+        """
+        if a.ndim > 2:  # `.T` reverses every axis; the generated code takes it of matrices only
+            return a.T @ b
+        return importlib.import_module("jax").lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+    @staticmethod
+    def rewrite(source: str) -> str | None:
+        """`source` with each `a.T @ b` written `_tdot(a, b)`; None if it has none."""
+        tree = ast.parse(source)
+
+        class Contract(ast.NodeTransformer):
+            found = False
+
+            def visit_BinOp(self, node):
+                self.generic_visit(node)
+                left = node.left
+                if isinstance(node.op, ast.MatMult) and isinstance(left, ast.Attribute) and left.attr == "T":
+                    Contract.found = True
+                    return ast.Call(ast.Name("_tdot", ast.Load()), [left.value, node.right], [])
+                return node
+        Contract().visit(tree)
+        return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if Contract.found else None
 
 
 class Dask(Backend):

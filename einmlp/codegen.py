@@ -166,12 +166,13 @@ def _with_deletes(source: str, keep: set[str]) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
-def executed_source(plan: EinsumPlan, fused: bool = False) -> tuple[str, str | None] | None:
+def executed_source(plan: EinsumPlan, fused: bool = False, rewrite=None) -> tuple[str, str | None] | None:
     """The source `compile_plan` runs, and the source of its kernels' module (None unfused).
 
     `fused=True` gives the code for large numpy arrays: the elementwise expressions as numba
     kernels (fusion.py) and the matrix products through `_mm` (blas.py), as far as numba and
-    MKL are installed; None if neither changes the plan.
+    MKL are installed; None if neither changes the plan. `rewrite` is a backend's own pass over
+    the source (backends.Jax.rewrite).
     """
     source, module = python_source(plan, "_compute", standalone=False), None
     if fused:
@@ -182,21 +183,23 @@ def executed_source(plan: EinsumPlan, fused: bool = False) -> tuple[str, str | N
         if rewritten is None and routed is None:
             return None
         source = routed or source
+    if rewrite is not None:  # a backend's own pass (backends.Jax.rewrite)
+        source = rewrite(source) or source
     return _with_deletes(source, set(plan.outputs.values())), module
 
 
-def compile_plan(plan: EinsumPlan, fused: bool = False) -> Callable[[dict], Callable] | None:
+def compile_plan(plan: EinsumPlan, fused: bool = False, rewrite=None) -> Callable[[dict], Callable] | None:
     """The plan compiled once, as `make(runtime)`: its function over the globals `runtime`.
 
     Each backend (and float type) runs the same code object with its own `np` and helpers.
-    `fused=True` compiles the plan with its elementwise expressions as numba kernels; None if
-    it has none.
+    `fused=True` compiles the code for large numpy arrays, None if it is the plain code;
+    `rewrite`, a backend's pass over the source (executed_source).
     """
     # The source is generated from the checked plan: every name in it is an identifier the
     # parser accepted (mangled away from Python's keywords) or one of ours, every number is
     # printed from a sympy number, and it has no comments. No user text reaches it.
     try:
-        executed = executed_source(plan, fused)
+        executed = executed_source(plan, fused, rewrite)
         if executed is None:
             return None
         source, module = executed

@@ -56,6 +56,7 @@ class Compiled:
         self.backend = None if backend is None else backends.named(backend)
         self._functions = check_functions(plan, functions)
         self._make = compile_plan(plan)
+        self._rewritten: dict[str, object] = {}  # backend name -> its version of the plan (Backend.rewrite)
         self._needed = tuple(plan.variables)
         self._checks = checks  # statements to check as well when their inputs are given (the `of`)
         self._signatures: dict[tuple, tuple] = {}  # call signature -> (float type, function)
@@ -177,11 +178,19 @@ class Compiled:
             self._fused = compile_plan(self.plan, fused=True)  # None: no expression to fuse
         return self._fused
 
+    def _make_for(self, backend: backends.Backend):
+        """The plain code, or the library's own version of it where its backend rewrites the source."""
+        if backend.rewrite is None:
+            return self._make
+        if backend.name not in self._rewritten:
+            self._rewritten[backend.name] = compile_plan(self.plan, rewrite=backend.rewrite)
+        return self._rewritten[backend.name]
+
     def _function(self, backend: backends.Backend, dtype, device, fused: bool = False):
         key = (backend.name, dtype, device, fused)
         fn = self._functions_for.get(key)
         if fn is None:
-            make = (fused and self._fused_make()) or self._make
+            make = (fused and self._fused_make()) or self._make_for(backend)
             fn = make(backend.runtime(dtype, device))
             if self.plan.abstract:
                 fn = functools.partial(fn, _functions=self._functions)
