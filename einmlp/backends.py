@@ -280,7 +280,7 @@ class Jax(Backend):
         XLA's CPU dot copied the transpose of a batch-sized `a` first: the article's gradients at
         batch 100,000 took 3.45 ms that way, 3.08 ms this way, as jax's own gradient contracts.
         """
-        if a.ndim > 2:  # `.T` reverses every axis; the generated code takes it of matrices only
+        if a.ndim not in (1, 2):  # `.T` reverses every axis; the generated code takes it of matrices only
             return a.T @ b
         return importlib.import_module("jax").lax.dot_general(a, b, (((0,), (0,)), ((), ())))
 

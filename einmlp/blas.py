@@ -1,9 +1,9 @@
 """Large matrix products through Intel MKL, where it is installed and measured faster.
 
 numpy's wheels bring OpenBLAS. On recent Intel processors MKL runs large double-precision
-products 20-50% faster (4096x256 @ 256x512 in one thread on an AVX-512 Xeon: 15.0 ms
-against 11.6 ms; 4096x10 @ 10x512: 1.54 ms against 0.81 ms), and torch uses it, so
-networks whose time is matrix products ran faster in torch than in any numpy code.
+products in 0.5-0.8x its time (in one thread on an AVX-512 Xeon, 4096x256 @ 256x512: 11.6 ms
+against 15.0 ms; 4096x10 @ 10x512: 0.81 ms against 1.54 ms), and torch uses it, so networks
+whose time is matrix products ran faster in torch than in any numpy code.
 
 With the `mkl` package installed (`pip install 'einmlp[mkl]'`), the code that runs large
 numpy arrays (`codegen.executed_source(fused=True)`) calls `_mm(a, b)` for each `a @ b`.
@@ -11,10 +11,10 @@ For each shape, type and memory layout, the first product runs on both libraries
 faster one computes that product and every later one of the same shape, so the choice is
 made on the real operands, once, and a shape's results never change library after its
 first call. MKL is used only where its product agreed with numpy's on that first call, so
-a layout this module read wrongly leaves the product to numpy, never a wrong result. Products under
-`MKL_FROM` multiply-adds, other types, broadcast operands and layouts BLAS cannot read
-stay numpy's `@`, as does one array times its own transpose (numpy runs BLAS syrk, half
-the work). `EINMLP_MKL=0` in the environment turns the routing off.
+a layout this module read wrongly leaves the product to numpy, never a wrong result.
+Products under `MKL_FROM` multiply-adds, other types, broadcast operands and layouts BLAS
+cannot read stay numpy's `@`, as does one array times its own transpose (numpy runs BLAS
+syrk, half the work). `EINMLP_MKL=0` in the environment turns the routing off.
 
 MKL runs in the calling thread (its sequential layer). Two thread pools on the same cores
 slow each other: with MKL's OpenMP threads beside OpenBLAS's, the wide network of

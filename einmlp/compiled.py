@@ -40,9 +40,9 @@ class Compiled:
     It computes with the library of the arrays it is given (numpy, torch, jax, dask or
     cupy) and returns that library's arrays in their float type; `backend=` pins one, and
     arrays of another library are converted to it. On numpy arrays of `fusion.FUSE_FROM`
-    elements or more, with numba installed, elementwise expressions run as fused kernels,
-    and with MKL installed, large matrix products run on it where it measures faster
-    (blas.py) (`backend="numba"` always, `backend="numpy"` never); on fewer float64 elements, a
+    elements or more (`backend="numba"` always, `backend="numpy"` never), elementwise
+    expressions run as fused kernels where numba is installed, and large matrix products on
+    MKL where it is installed and measures faster (blas.py); on fewer float64 elements, a
     signature that has run `WHOLE_AFTER` seconds is compiled as one numba function, used if
     it agrees with numpy and is faster (`whole_refused` says why not). From `BLOCK_FROM`
     elements, a plan that separates over its rows (rows.py) runs on numpy arrays in blocks
@@ -175,7 +175,7 @@ class Compiled:
         if self.backend is not None and self.backend.fused and not fusion.available():
             raise EinmlpError("backend 'numba' needs numba, which is not installed: pip install 'einmlp[fast]'")
         if "_fused" not in self.__dict__:
-            self._fused = compile_plan(self.plan, fused=True)  # None: no expression to fuse
+            self._fused = compile_plan(self.plan, fused=True)  # None: nothing to fuse or route
         return self._fused
 
     def _make_for(self, backend: backends.Backend):
