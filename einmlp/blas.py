@@ -16,6 +16,9 @@ Products under `MKL_FROM` multiply-adds, other types, broadcast operands and lay
 cannot read stay numpy's `@`, as does one array times its own transpose (numpy runs BLAS
 syrk, half the work). `EINMLP_MKL=0` in the environment turns the routing off.
 
+An MKL already in the process is left alone: numpy's own (conda's numpy, whose `@` is MKL
+already) or another library's, whose threading is not einmlp's to set.
+
 MKL runs in the calling thread (its sequential layer). Two thread pools on the same cores
 slow each other: with MKL's OpenMP threads beside OpenBLAS's, the wide network of
 benchmarks/compare.py took 44-64 ms a call on two cores against numpy's 34 ms. Where
@@ -94,7 +97,7 @@ def mkl() -> _Mkl | None:
 
 
 def _load() -> _Mkl | None:
-    if os.environ.get("EINMLP_MKL", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("EINMLP_MKL", "1").strip().lower() in ("0", "false", "no", "off") or _loaded_already():
         return None
     for path in _library_paths():
         try:
@@ -104,6 +107,28 @@ def _load() -> _Mkl | None:
         except (OSError, AttributeError):  # not loadable here, or too old for batch_strided
             continue
     return None
+
+
+def _loaded_already() -> bool:
+    """Whether an MKL is in the process already: numpy's own (conda's numpy), or another library's.
+
+    Then numpy's `@` is MKL already, or MKL's threading is that library's to set: making it
+    sequential here would make its products sequential too.
+    """
+    try:
+        if "mkl" in str(np.show_config(mode="dicts")["Build Dependencies"]["blas"].get("name", "")).lower():
+            return True
+    except Exception:  # noqa: BLE001 - an older numpy, without show_config(mode=)
+        pass
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return False
+    for name in ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so.1", "libmkl_rt.so"):
+        try:
+            ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # only finds a library already loaded
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def available() -> bool:

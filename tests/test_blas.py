@@ -222,3 +222,12 @@ def test_mkl_gives_numpys_infinities_and_nans_and_leaves_subnormals_alone(monkey
     np.testing.assert_allclose(mine[finite], numpys[finite], rtol=1e-5 if dtype == np.float32 else 1e-12)
     tiny = np.finfo(dtype).smallest_subnormal * 4
     assert np.array([tiny], dtype)[0] * dtype(0.5) == tiny / 2
+
+
+def test_an_mkl_already_in_the_process_is_left_to_its_owner(monkeypatch):
+    """numpy on MKL (conda's), or a library that loaded MKL: its threading is not einmlp's to make sequential."""
+    monkeypatch.setattr(np, "show_config", lambda mode=None: {"Build Dependencies": {"blas": {"name": "mkl-sdl"}}})
+    assert blas._loaded_already()
+    monkeypatch.setattr(blas, "_mkl", False)
+    monkeypatch.setattr(blas, "_products", None)
+    assert blas.mkl() is None and blas.products() is None and not blas.available()
