@@ -26,6 +26,7 @@ import types
 import numpy as np
 
 from .errors import EinmlpError, ShapeError
+from .products import rewrite_products
 
 
 def _ipow(x, n):
@@ -287,20 +288,8 @@ class Jax(Backend):
     @staticmethod
     def rewrite(source: str) -> str | None:
         """`source` with each `a.T @ b` written `_tdot(a, b)`; None if it has none."""
-        tree = ast.parse(source)
-
-        class Contract(ast.NodeTransformer):
-            found = False
-
-            def visit_BinOp(self, node):
-                self.generic_visit(node)
-                left = node.left
-                if isinstance(node.op, ast.MatMult) and isinstance(left, ast.Attribute) and left.attr == "T":
-                    Contract.found = True
-                    return ast.Call(ast.Name("_tdot", ast.Load()), [left.value, node.right], [])
-                return node
-        Contract().visit(tree)
-        return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if Contract.found else None
+        return rewrite_products(source, "_tdot", lambda a, b: (a.value, b)
+                                if isinstance(a, ast.Attribute) and a.attr == "T" else None)
 
 
 class Dask(Backend):

@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from .products import rewrite_products
+
 MKL_FROM = 1 << 20  # multiply-adds (m n k) from which a product may go to MKL: below, numpy's
 # call costs less than MKL's through ctypes (about 3 us), measured: 100^3 ran faster in numpy
 TRIES = 2  # timed runs of each library on a shape's first product, after one untimed run each
@@ -276,16 +278,4 @@ def _transposed_pair(left: ast.AST, right: ast.AST) -> bool:
 
 def routed(source: str) -> str | None:
     """`source` with each `a @ b` written `_mm(a, b)` (but `x.T @ x`); None if it has no product to route."""
-    tree = ast.parse(source)
-
-    class Route(ast.NodeTransformer):
-        found = False
-
-        def visit_BinOp(self, node):
-            self.generic_visit(node)
-            if not isinstance(node.op, ast.MatMult) or _transposed_pair(node.left, node.right):
-                return node
-            Route.found = True
-            return ast.Call(ast.Name("_mm", ast.Load()), [node.left, node.right], [])
-    Route().visit(tree)
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if Route.found else None
+    return rewrite_products(source, "_mm", lambda a, b: None if _transposed_pair(a, b) else (a, b))

@@ -1,10 +1,14 @@
 """Two-operand contractions that are one numpy matrix product (BLAS), and plain axis sums.
 
 Each function returns numpy source, or "" where its pattern does not apply; opt_einsum's
-einsum is left for what none of them covers.
+einsum is left for what none of them covers. `rewrite_products` lets a later stage call
+something else for some of the `a @ b` written here (MKL, jax's dot_general).
 """
 
 from __future__ import annotations
+
+import ast
+from typing import Callable
 
 
 def matmul(a: tuple, b: tuple, out: tuple) -> str:
@@ -94,3 +98,24 @@ def reduction(operand: tuple, out: tuple) -> str:
     axes = tuple(k for k, i in enumerate(indices) if i not in out)
     return f"{var}.sum(axis={axes[0] if len(axes) == 1 else axes})" if axes else ""
 
+
+
+def rewrite_products(source: str, name: str, operands: Callable) -> str | None:
+    """`source` with each `a @ b` for which `operands(a, b)` gives arguments written `name(*arguments)`.
+
+    `operands` takes the two operands' syntax trees and returns the call's, or None to leave
+    that product as it is; None if no product was rewritten.
+    """
+    tree = ast.parse(source)
+    rewritten = []
+
+    class Rewrite(ast.NodeTransformer):
+        def visit_BinOp(self, node):
+            self.generic_visit(node)
+            arguments = operands(node.left, node.right) if isinstance(node.op, ast.MatMult) else None
+            if arguments is None:
+                return node
+            rewritten.append(node)
+            return ast.Call(ast.Name(name, ast.Load()), list(arguments), [])
+    Rewrite().visit(tree)
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if rewritten else None
