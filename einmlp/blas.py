@@ -273,7 +273,8 @@ def _transposed_pair(left: ast.AST, right: ast.AST) -> bool:
 
     def transposed(node):
         return name(node.value) if isinstance(node, ast.Attribute) and node.attr == "T" else None
-    return (transposed(left) or 0) == name(right) or name(left) == (transposed(right) or 0)
+    of_left, of_right = transposed(left), transposed(right)
+    return (of_left is not None and of_left == name(right)) or (of_right is not None and of_right == name(left))
 
 
 def routed(source: str) -> str | None:
