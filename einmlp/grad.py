@@ -109,6 +109,26 @@ def entry(name: str, indices) -> sp.Expr:
     return base(name)[tuple(indices)] if indices else sp.Symbol(name, real=True)
 
 
+def power_rule(e: sp.Expr) -> sp.Expr:
+    """`e` with each n b^n / b of sympy's derivative of b^n (n not a number) written n b^(n - 1).
+
+    At b = 0 the quotient is 0 / 0, nan, where the derivative n b^(n - 1) is 0 for n > 1 (as
+    jax and torch give it): `(c sum[d](E[d]))^(2 x)` with c = 0 has the derivative 0 by E.
+    """
+    if not e.has(sp.Pow):
+        return e
+
+    def joined(m: sp.Mul) -> sp.Expr:
+        powers = {f.base: f for f in m.args if f.is_Pow and not f.exp.is_number}
+        over = [f for f in m.args if f.is_Pow and f.exp == -1 and f.base in powers]
+        if not over:
+            return m
+        bases = {o.base for o in over}
+        kept = [f for f in m.args if not (f.is_Pow and f.base in bases and (f.exp == -1 or f is powers[f.base]))]
+        return sp.Mul(*kept, *[sp.Pow(b, powers[b].exp - 1) for b in bases])
+    return e.replace(lambda n: n.is_Mul, joined)
+
+
 class _Chain:
     def __init__(self, model: Model, wrt: str, wrt_entry: sp.Expr, names: Names, early: frozenset = frozenset()):
         self.model, self.wrt, self.wrt_entry, self.names = model, wrt, wrt_entry, names
@@ -117,13 +137,13 @@ class _Chain:
 
     def local(self, expr: sp.Expr) -> sp.Expr:
         """One level of the chain rule; deeper links stay as `Partial` placeholders."""
-        parts = [expr.diff(self.wrt_entry)]
+        parts = [power_rule(expr.diff(self.wrt_entry))]
         for name in tensor_names(expr):
             if name not in self.model.definitions or not (self.model.depends(name, self.wrt)):
                 continue
             links = [self.names.link(name in self.early) for _ in range(self.model.rank(name))]
             link_entry = entry(name, links)
-            outer = expr.diff(link_entry)
+            outer = power_rule(expr.diff(link_entry))
             extents = [Extent(s.name, name, axis) for axis, s in enumerate(links)]
             parts.append(ESum(outer * Partial(link_entry, self.wrt_entry), links, extents))
         return sp.Add(*parts)

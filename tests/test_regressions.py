@@ -724,3 +724,38 @@ def test_a_scalar_normalisation_read_other_than_by_its_log_derives_by_adjoints()
     np.testing.assert_allclose(d.compile()(**arrays), -2 * 0.7 * 1.3 * arrays["y"] / 6.5 ** 2, rtol=1e-12)
     assert einmlp.check(d, arrays).ok
     assert einmlp.parse("N = x / sum[i](y[i]^2)\nL = log(N) * c").grad("y").mode == "flat"
+
+
+def test_a_power_with_a_varying_exponent_of_a_zero_base_has_the_power_rules_derivative():
+    """Fuzz seed 218 (input 58,286): d(b^n)/db came out as sympy's n b^n / b, 0 / 0 = nan at b = 0.
+
+    With c = 0^log(x) = 0 (x > 1) the value (c sum E)^(2x) is 0 for every E, and so is its
+    derivative n b^(n-1) c with n = 2x > 1; finite differences said 0, einmlp nan.
+    """
+    x, E = np.array(1.7), np.array([0.3, -1.2, 2.0])
+    for source in ["X4 = (sum[d](((0e0)^(log(x))) E4[d]))**(x + x)",
+                   "X1[nu,z] = (numpy[k]) * B2[nu,z]\nX4 = (sum[d](((0e0)^(log(x))) E4[d]))**(x + x)"]:
+        prog = einmlp.parse(source)
+        arrays = {"x": x, "E4": E, **({"numpy": np.ones(2), "B2": np.ones((2, 2))} if "B2" in source else {})}
+        for derivation in (prog.grad("E4", of="X4"), prog.grad(["E4"], of="X4")):
+            grad = derivation.compile()(**arrays)
+            np.testing.assert_array_equal(grad if isinstance(grad, np.ndarray) else grad["E4"], np.zeros(3))
+        assert einmlp.check(prog.grad("E4", of="X4"), arrays).ok
+    # where the base is not 0 the joined power is the same derivative: 2x b^(2x-1) c, by hand
+    prog = einmlp.parse("X4 = (sum[d](c E4[d]))^(x + x)")
+    c = np.array(0.4)
+    b = float(c * E.sum())
+    by_hand = np.full(3, 2 * x * b ** (2 * x - 1) * c)
+    np.testing.assert_allclose(prog.grad("E4", of="X4").compile()(x=x, c=c, E4=E), by_hand, rtol=1e-13)
+    assert einmlp.check(prog.grad("E4", of="X4"), {"x": x, "c": c, "E4": E}).ok
+
+
+@pytest.mark.parametrize("literal", ["0.5", ".5", "1.", "000012.50", "2.5E+3", "1e-300", "0.0001e-300", "7e299",
+                                     "0." + "0" * 330 + "3", "123456789012345678901234567890.1234567890"])
+def test_number_literals_keep_their_exact_values(literal):
+    """Literals are read digit by digit (a literal of 8,000 zeros no longer reaches Python's int parser)."""
+    from fractions import Fraction
+
+    from einmlp.parse import parse_syntax
+    value = parse_syntax(f"L = {literal} x[i]").statements[0].expr.left.value
+    assert value == Fraction(literal)
