@@ -401,12 +401,17 @@ class _Parser:
     def number(self, token: Token) -> Fraction:
         """The exact value of a literal, refusing ones too long or too large for a float."""
         mantissa, _, exponent = token.text.lower().partition("e")
-        digits = mantissa.replace(".", "").lstrip("0")
+        whole, _, fraction = mantissa.partition(".")
+        digits = (whole + fraction).lstrip("0")
         if len(digits) > MAX_DIGITS:
             raise self.error(f"number {token.text[:20]}... has more than {MAX_DIGITS} digits", token.span)
         if exponent and abs(int(exponent)) > MAX_EXPONENT:
             raise self.error(f"number {token.text}: exponents beyond +-{MAX_EXPONENT} are out of range", token.span)
-        value = Fraction(token.text)
+        power = int(exponent or 0) - len(fraction)  # the value is digits times 10^power
+        if digits and abs(power + len(digits) - 1) > MAX_EXPONENT + MAX_DIGITS:  # 0.000...01, 8000 zeros
+            raise self.error(f"number {token.text[:20]}... is out of range: its first digit is beyond "
+                             f"10^+-{MAX_EXPONENT + MAX_DIGITS}", token.span)
+        value = Fraction(int(digits or "0")) * Fraction(10) ** power
         if value > Fraction(10) ** MAX_EXPONENT:
             raise self.error(f"number {token.text} is too large", token.span)
         return value

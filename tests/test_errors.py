@@ -141,6 +141,12 @@ BAD_SOURCES = [
     (FUZZ_ROOT, NumericError, "2^1e-300 is a root of degree about 10^300"),
     ("f(x) = 0.3233^x\nC10 = sqrt((C1 / E)^f(1e-300))", NumericError, "root of degree about 10^300"),
     ("f(x) = x^1e-300\nC10 = sqrt((C1 / E)^f(0.3233))", NumericError, "root of degree about 10^300"),
+    # fuzz seed 218 (input 53,571): 1.61 + 0.000...01, thousands of zeros, was exact; its root had sympy
+    # factor a number of thousands of digits for minutes (and a literal past 4,300 digits crashed Python's int)
+    ("Y = sq((1.61+0." + "0" * 4400 + "1)^-0.5-inf[u]-1.5e0)", ParseError, "out of range: its first digit"),
+    ("Y = (1.61 + 1e-300 * 3e-100)^-0.5 x[i]", NumericError, "a root of a number of about 401 digits"),
+    ("Y = sqrt(1.61 + 1e-300 * 3e-200 * 7e-300) x[i]", NumericError, "a root of a number of about 801 digits"),
+    ("sq(x) = sqrt(1 + x^2)\nY = sq(1.61 + 1e-300 * 3e-200 * 7e-300) x[i]", NumericError, "about 1601 digits"),
 ]
 
 
